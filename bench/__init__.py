@@ -1,0 +1,1 @@
+"""Benchmarks: each module prints its figures when run with python -m bench.NAME."""

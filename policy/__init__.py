@@ -1,0 +1,1 @@
+"""Agents, losses and training entry points."""

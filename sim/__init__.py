@@ -1,0 +1,57 @@
+"""Simulated manipulation tasks with robomimic observation keys, behind one entry point.
+
+``make_env(name, **kwargs)`` builds a gymnasium env; ``make_vector_env`` runs N of them in
+worker processes. Offscreen rendering uses EGL unless ``MUJOCO_GL`` says otherwise; it has to
+be decided before MuJoCo is first imported, which is why this package sets it on import.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from typing import Any, Callable  # noqa: E402
+
+import gymnasium as gym  # noqa: E402
+
+
+def _make_pickplace(**kwargs: Any) -> gym.Env:
+    from sim.pickplace import PickPlaceEnv
+
+    return PickPlaceEnv(**kwargs)
+
+
+def _make_robosuite(task: str) -> Callable[..., gym.Env]:
+    def make(**kwargs: Any) -> gym.Env:
+        from sim.robosuite_tasks import RobosuiteTaskEnv
+
+        return RobosuiteTaskEnv(task, **kwargs)
+
+    return make
+
+
+TASKS: dict[str, Callable[..., gym.Env]] = {
+    "pickplace": _make_pickplace,
+    "lift": _make_robosuite("lift"),
+    "can": _make_robosuite("can"),
+}
+
+
+def make_env(name: str, **kwargs: Any) -> gym.Env:
+    """Build the task ``name`` (one of :data:`TASKS`) with task-specific keyword arguments."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name](**kwargs)
+
+
+def make_vector_env(name: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of a task in worker processes (each makes its GL context lazily)."""
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be positive, got {num_envs}")
+    make_env(name, **kwargs).close()  # fail here, in the caller, on a bad name or argument
+    return gym.vector.AsyncVectorEnv([lambda: make_env(name, **kwargs) for _ in range(num_envs)])
+
+
+for _name in TASKS:
+    gym.register(id=f"sim/{_name}-v0", entry_point=make_env, kwargs={"name": _name}, disable_env_checker=True)
