@@ -46,11 +46,15 @@ def make_env(name: str, **kwargs: Any) -> gym.Env:
 
 
 def make_vector_env(name: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of a task in worker processes (each makes its GL context lazily)."""
+    """``num_envs`` copies of a task in worker processes.
+
+    Workers are spawned, not forked: a forked child inherits the parent's GL state, which
+    deadlocks EGL once the parent has rendered. Each worker creates its own context lazily.
+    """
     if num_envs < 1:
         raise ValueError(f"num_envs must be positive, got {num_envs}")
     make_env(name, **kwargs).close()  # fail here, in the caller, on a bad name or argument
-    return gym.vector.AsyncVectorEnv([lambda: make_env(name, **kwargs) for _ in range(num_envs)])
+    return gym.vector.AsyncVectorEnv([lambda: make_env(name, **kwargs) for _ in range(num_envs)], context="spawn")
 
 
 for _name in TASKS:

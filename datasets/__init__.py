@@ -1,0 +1,1 @@
+"""HDF5 demonstration files (robomimic format) and replay buffers."""

@@ -1,0 +1,132 @@
+"""Writing and reading demonstration files in robomimic's HDF5 layout.
+
+Layout: group ``data`` with attrs ``total`` (number of transitions) and ``env_args`` (JSON:
+``env_name`` and ``env_kwargs``, enough to rebuild the env with ``sim.make_env``); one group
+``data/demo_<i>`` per episode holding ``obs/<key>``, ``next_obs/<key>``, ``actions``,
+``rewards``, ``dones`` and ``states``, with attr ``num_samples``; and ``mask/<filter>``
+arrays of demo names (``train`` and ``valid``). Images are uint8 HWC, chunked per episode
+and gzip-compressed.
+
+Files written here set ``dones[t] = 1`` exactly where the episode terminated (task success);
+an episode that ends without success ran into its time limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import h5py
+import numpy as np
+
+EPISODE_KEYS = ("actions", "rewards", "dones", "states")
+
+
+@dataclass
+class Episode:
+    """One episode as parallel arrays over its T steps; ``attrs`` are stored on its group."""
+
+    obs: dict[str, np.ndarray]
+    next_obs: dict[str, np.ndarray]
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    states: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def validate(self) -> None:
+        steps = len(self)
+        arrays = {**{f"obs/{k}": v for k, v in self.obs.items()}, **{f"next_obs/{k}": v for k, v in self.next_obs.items()}}
+        arrays.update({key: getattr(self, key) for key in EPISODE_KEYS})
+        for name, array in arrays.items():
+            if len(array) != steps:
+                raise ValueError(f"episode array {name} has {len(array)} steps, actions have {steps}")
+        if set(self.obs) != set(self.next_obs):
+            raise ValueError(f"obs keys {sorted(self.obs)} differ from next_obs keys {sorted(self.next_obs)}")
+
+
+def _write_array(group: h5py.Group, name: str, array: np.ndarray) -> None:
+    if array.dtype == np.uint8 and array.ndim == 4:  # image sequence: one frame per chunk row
+        group.create_dataset(name, data=array, chunks=(min(len(array), 64), *array.shape[1:]), compression="gzip", compression_opts=4)
+    else:
+        group.create_dataset(name, data=array)
+
+
+def write_dataset(
+    path: str | os.PathLike,
+    episodes: Iterable[Episode],
+    env_args: dict[str, Any],
+    valid_fraction: float = 0.1,
+    attrs: dict[str, Any] | None = None,
+) -> int:
+    """Stream ``episodes`` into a robomimic-format file at ``path``; returns the episode count.
+
+    The file is written next to its destination under a temporary name and renamed only once
+    complete, so an interrupted run never leaves a truncated file behind.
+    """
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp_path, "w") as f:
+            data = f.create_group("data")
+            total = 0
+            names = []
+            for index, episode in enumerate(episodes):
+                episode.validate()
+                name = f"demo_{index}"
+                group = data.create_group(name)
+                for prefix, observations in (("obs", episode.obs), ("next_obs", episode.next_obs)):
+                    for key, array in observations.items():
+                        _write_array(group, f"{prefix}/{key}", array)
+                for key in EPISODE_KEYS:
+                    _write_array(group, key, getattr(episode, key))
+                group.attrs["num_samples"] = len(episode)
+                for key, value in episode.attrs.items():
+                    group.attrs[key] = value
+                total += len(episode)
+                names.append(name)
+            if not names:
+                raise ValueError("no episodes to write")
+            data.attrs["total"] = total
+            data.attrs["env_args"] = json.dumps(env_args)
+            for key, value in (attrs or {}).items():
+                data.attrs[key] = value
+            num_valid = int(round(valid_fraction * len(names)))
+            # Every k-th demo goes to validation: deterministic and spread over the file.
+            valid = set(names[:: max(1, len(names) // num_valid)][:num_valid]) if num_valid else set()
+            f.create_dataset("mask/train", data=np.array([n for n in names if n not in valid], dtype="S"))
+            f.create_dataset("mask/valid", data=np.array([n for n in names if n in valid], dtype="S"))
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return len(names)
+
+
+def demo_names(f: h5py.File, filter_key: str | None = None) -> list[str]:
+    """Demo group names in numeric order, optionally restricted to ``mask/<filter_key>``."""
+    if "data" not in f:
+        raise ValueError(f"{f.filename}: no 'data' group; not a robomimic-format file")
+    if filter_key is None:
+        names = list(f["data"].keys())
+    else:
+        if f"mask/{filter_key}" not in f:
+            available = list(f["mask"].keys()) if "mask" in f else []
+            raise ValueError(f"{f.filename}: no filter key {filter_key!r}; available: {available}")
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f[f"mask/{filter_key}"][()]]
+    return sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]))
+
+
+def read_env_args(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``env_args`` a file was made with (``env_name`` and ``env_kwargs``)."""
+    with h5py.File(path, "r") as f:
+        return json.loads(f["data"].attrs["env_args"])
