@@ -11,9 +11,15 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import logging  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
+
+# robosuite warns on import about optional packages (robosuite_models, mink, a private macro
+# file) and on construction about controller parts a single-arm Panda does not have; none of
+# it concerns the tasks here. Its errors still come through.
+logging.getLogger("robosuite_logs").addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 def _make_pickplace(**kwargs: Any) -> gym.Env:

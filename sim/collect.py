@@ -22,6 +22,7 @@ from tqdm import tqdm
 import sim
 from datasets.robomimic_hdf5 import Episode, write_dataset
 from sim.expert import MODES, ScriptedExpert
+from sim.pickplace import PickPlaceConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATASETS = {"pickplace": PROJECT_ROOT / "data" / "pickplace.hdf5"}
@@ -134,6 +135,10 @@ def _worker_episode(index: int) -> Episode:
 def collect(config: CollectConfig) -> dict[str, Any]:
     """Collect ``config.episodes`` episodes into ``config.out``; returns a summary."""
     _validate(config)
+    try:  # the full task config, so that the file rebuilds the same env even if defaults change
+        env_kwargs = asdict(PickPlaceConfig(**config.env))
+    except TypeError as error:
+        raise ValueError(f"bad env argument: {error}") from None
     out = Path(config.out) if config.out else DEFAULT_DATASETS[config.task]
     summary: dict[str, Any] = {"episodes": 0, "transitions": 0, "successes": 0, "by_mode": {}}
 
@@ -150,7 +155,7 @@ def collect(config: CollectConfig) -> dict[str, Any]:
                 summary["successes"] += int(episode.attrs["success"])
                 yield episode
 
-    env_args = {"env_name": config.task, "env_kwargs": dict(config.env)}
+    env_args = {"env_name": config.task, "env_kwargs": env_kwargs}
     write_dataset(out, episodes(), env_args, valid_fraction=config.valid_fraction,
                   attrs={"collection": OmegaConf.to_yaml(OmegaConf.structured(config))})
     summary["success_rate"] = summary["successes"] / summary["episodes"]

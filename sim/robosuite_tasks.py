@@ -87,8 +87,9 @@ class RobosuiteTaskEnv(gym.Env):
         super().reset(seed=seed)
         if self._env is None:
             self._env = self._make()
-        # robosuite samples initial object poses from numpy's global generator.
-        np.random.seed(int(self.np_random.integers(2**31)))
+        # robosuite's placement samplers share the env's generator: reseed it in place.
+        seeded = np.random.default_rng(int(self.np_random.integers(2**63)))
+        self._env.rng.bit_generator.state = seeded.bit_generator.state
         self._steps = 0
         return self._convert(self._env.reset()), {"is_success": False}
 

@@ -57,6 +57,7 @@ def test_file_has_robomimic_schema(collected):
         assert sorted(train + valid) == sorted(names) and len(valid) == 1 and not set(train) & set(valid)
     env_args = read_env_args(collected)
     assert env_args["env_name"] == "pickplace"
+    assert env_args["env_kwargs"]["image_size"] == 48 and env_args["env_kwargs"]["horizon"] == 45
     env = sim.make_env(env_args["env_name"], **env_args["env_kwargs"])
     env.close()
 
@@ -131,6 +132,12 @@ def test_cli_unknown_task_fails_with_one_line(tmp_path):
     assert "unknown task 'stack'; available tasks: can, lift, pickplace" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "x.hdf5").exists()
+
+
+def test_cli_bad_env_argument_fails_with_one_line(tmp_path):
+    result = _run_cli("+env.colour=red", f"out={tmp_path / 'x.hdf5'}")
+    assert result.returncode != 0 and "bad env argument" in result.stderr and "colour" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_unknown_filter_key_lists_available(collected):
