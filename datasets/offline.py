@@ -1,0 +1,204 @@
+"""Loading robomimic-format HDF5 demonstrations into a replay buffer.
+
+Any robomimic-format file works, not only the ones ``sim.collect`` writes:
+
+- observation keys are chosen by config; an unknown key is an error listing the file's keys;
+- ``mask/<filter_key>`` selects demos (``filter_key: null`` takes all of them);
+- a file without ``next_obs`` gets it by shifting ``obs`` (the last step repeats its obs and
+  is a timeout or terminal, so its next observation never enters a target);
+- a demo is split into episodes wherever ``next_obs[t] != obs[t + 1]``;
+- actions must lie in [-1, 1].
+
+``dones`` become terminals by the ``terminals`` rule; the first terminal ends its episode
+(later steps are dropped: the task is over, and robomimic's ``done_mode 2`` marks every
+step after the first success too). The last step of an episode without a terminal is a
+timeout.
+
+- ``success`` (default): terminal where ``dones == 1`` and the reward is positive. Works for
+  ``done_mode`` 0, 1 and 2 files and for ours: a ``done`` at the end of a failed demo is not
+  a terminal.
+- ``dones``: terminal wherever ``dones == 1``.
+- ``none``: no terminals; every episode ends in a timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from datasets.replay import ObsSpec, ReplayBuffer
+from datasets.returns import episode_mc_returns, transform_rewards
+from datasets.robomimic_hdf5 import demo_names
+
+log = logging.getLogger(__name__)
+TERMINAL_RULES = ("success", "dones", "none")
+ACTION_TOLERANCE = 1e-6
+
+
+@dataclass
+class OfflineEpisode:
+    obs: dict[str, np.ndarray]
+    next_obs: dict[str, np.ndarray]
+    actions: np.ndarray
+    rewards: np.ndarray  # raw, as in the file
+    terminals: np.ndarray
+    timeouts: np.ndarray
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+@dataclass
+class RewardConfig:
+    scale: float = 1.0
+    bias: float = -1.0
+    sparse: bool = True  # episodes with no positive reward get the infinite-horizon failure value
+
+
+@dataclass
+class LoaderStats:
+    demos: int = 0
+    episodes: int = 0
+    transitions: int = 0
+    terminals: int = 0
+    successes: int = 0
+    dropped_after_terminal: int = 0
+    split_episodes: int = 0
+    episode_lengths: list[int] = field(default_factory=list)
+
+
+def _read_obs(group: h5py.Group, keys: list[str], where: str) -> dict[str, np.ndarray]:
+    missing = [k for k in keys if k not in group]
+    if missing:
+        raise ValueError(f"{where}: observation key(s) {missing} not found; the file has: {sorted(group.keys())}")
+    return {k: group[k][()] for k in keys}
+
+
+def _check_demo(name: str, obs: dict[str, np.ndarray], actions: np.ndarray, path: Path) -> None:
+    steps = len(actions)
+    for key, value in obs.items():
+        if len(value) != steps:
+            raise ValueError(f"{path}: {name}/obs/{key} has {len(value)} steps, actions have {steps}")
+    if not np.all(np.isfinite(actions)):
+        raise ValueError(f"{path}: {name}/actions contains non-finite values")
+    if np.abs(actions).max(initial=0.0) > 1.0 + ACTION_TOLERANCE:
+        raise ValueError(f"{path}: {name}/actions exceed [-1, 1] (max |a| = {np.abs(actions).max():.3f})")
+
+
+def iter_episodes(
+    path: str | Path, obs_keys: list[str], filter_key: str | None = "train", terminals: str = "success",
+    stats: LoaderStats | None = None,
+) -> Iterator[OfflineEpisode]:
+    """Episodes of a robomimic-format file, following the rules in the module docstring."""
+    if terminals not in TERMINAL_RULES:
+        raise ValueError(f"unknown terminals rule {terminals!r}; available: {', '.join(TERMINAL_RULES)}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    stats = stats if stats is not None else LoaderStats()
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable HDF5 file ({error})") from None
+    with f:
+        for name in demo_names(f, filter_key):
+            demo = f[f"data/{name}"]
+            where = f"{path}: data/{name}"
+            for required in ("obs", "actions", "rewards"):
+                if required not in demo:
+                    raise ValueError(f"{where}: missing '{required}'")
+            obs = _read_obs(demo["obs"], obs_keys, f"{where}/obs")
+            actions = demo["actions"][()].astype(np.float32)
+            _check_demo(name, obs, actions, path)
+            steps = len(actions)
+            rewards = demo["rewards"][()].astype(np.float32).reshape(steps)
+            dones = demo["dones"][()].reshape(steps) > 0 if "dones" in demo else np.zeros(steps, bool)
+            if "next_obs" in demo:
+                next_obs = _read_obs(demo["next_obs"], obs_keys, f"{where}/next_obs")
+                # episode boundaries: where the next observation is not the following one
+                breaks = np.zeros(max(steps - 1, 0), bool)
+                for key in obs_keys:
+                    breaks |= (next_obs[key][:-1] != obs[key][1:]).reshape(steps - 1, -1).any(axis=1)
+                ends = np.flatnonzero(breaks) + 1
+            else:
+                next_obs = {k: np.concatenate([v[1:], v[-1:]]) for k, v in obs.items()}
+                ends = np.array([], dtype=int)
+            stats.demos += 1
+            stats.split_episodes += len(ends)
+            for start, stop in zip(np.concatenate([[0], ends]), np.concatenate([ends, [steps]])):
+                terminal = dones[start:stop].copy()
+                if terminals == "success":
+                    terminal &= rewards[start:stop] > 0
+                elif terminals == "none":
+                    terminal[:] = False
+                if terminal.any():
+                    first = int(np.argmax(terminal))
+                    stats.dropped_after_terminal += (stop - start) - (first + 1)
+                    stop = start + first + 1
+                    terminal = terminal[: first + 1]
+                    stats.terminals += 1
+                timeout = np.zeros(stop - start, bool)
+                timeout[-1] = not terminal[-1]
+                episode = OfflineEpisode(
+                    obs={k: v[start:stop] for k, v in obs.items()},
+                    next_obs={k: v[start:stop] for k, v in next_obs.items()},
+                    actions=actions[start:stop],
+                    rewards=rewards[start:stop],
+                    terminals=terminal,
+                    timeouts=timeout,
+                    source=name,
+                )
+                stats.episodes += 1
+                stats.transitions += len(episode)
+                stats.successes += int(np.any(episode.rewards > 0))
+                stats.episode_lengths.append(len(episode))
+                yield episode
+
+
+def file_obs_spec(path: str | Path, obs_keys: list[str]) -> ObsSpec:
+    """Shapes and dtypes of ``obs_keys`` in the first demo of a file."""
+    with h5py.File(path, "r") as f:
+        first = demo_names(f)[0]
+        group = f[f"data/{first}/obs"]
+        missing = [k for k in obs_keys if k not in group]
+        if missing:
+            raise ValueError(f"{path}: observation key(s) {missing} not found; the file has: {sorted(group.keys())}")
+        return {
+            k: {"shape": list(group[k].shape[1:]), "dtype": "uint8" if group[k].dtype == np.uint8 else "float32"}
+            for k in obs_keys
+        }
+
+
+def load_replay(
+    path: str | Path, obs_keys: list[str], gamma: float, reward: RewardConfig,
+    filter_key: str | None = "train", terminals: str = "success",
+) -> tuple[ReplayBuffer, LoaderStats]:
+    """All selected episodes of a file in a replay buffer, with MC returns."""
+    stats = LoaderStats()
+    episodes = list(iter_episodes(path, obs_keys, filter_key, terminals, stats))
+    if not episodes:
+        raise ValueError(f"{path}: no episodes selected (filter key {filter_key!r})")
+    obs_spec = file_obs_spec(path, obs_keys)
+    transitions = sum(len(e) for e in episodes)
+    buffer = ReplayBuffer(obs_spec, episodes[0].actions.shape[1], transitions, transitions + len(episodes))
+    for episode in episodes:
+        buffer.add_episode(
+            episode.obs,
+            episode.next_obs,
+            actions=episode.actions,
+            rewards=transform_rewards(episode.rewards, reward.scale, reward.bias),
+            terminals=episode.terminals,
+            timeouts=episode.timeouts,
+            mc_returns=episode_mc_returns(episode.rewards, episode.terminals, gamma, reward.scale, reward.bias, reward.sparse),
+        )
+    log.info(
+        "loaded %s: %d episodes, %d transitions, %d terminals, replay %.1f MB",
+        path, stats.episodes, stats.transitions, stats.terminals, buffer.nbytes / 2**20,
+    )
+    return buffer, stats

@@ -1,0 +1,119 @@
+"""Observation encoders: images (uint8 HWC) and low-dimensional keys to one feature vector.
+
+Conversion to float CHW happens here, at the model boundary. ``conv`` is the default image
+trunk, sized for CPU throughput: three 3x3 stride-2 convolutions (stride instead of pooling:
+same downsampling at a fraction of the cost) into a linear layer with LayerNorm and tanh.
+``resnet18`` is torchvision's ResNet-18 trunk with a spatial-softmax keypoint head.
+Low-dimensional keys are concatenated to the image features unchanged; with no image key at
+all the encoder is that concatenation (the low-dimensional debugging mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datasets.replay import ObsSpec, is_image
+from perception.augment import random_shift
+
+ENCODERS = ("conv", "resnet18")
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "conv"
+    channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+    feature_dim: int = 64  # per image key
+    keypoints: int = 32  # resnet18 spatial-softmax keypoints
+    augment_pad: int = 4  # random shift in pixels; 0 turns augmentation off
+
+
+class ConvTrunk(nn.Module):
+    def __init__(self, image_shape: list[int], channels: list[int], feature_dim: int) -> None:
+        super().__init__()
+        height, width, in_channels = image_shape
+        layers: list[nn.Module] = []
+        for out_channels in channels:
+            layers += [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+            in_channels = out_channels
+        self.convs = nn.Sequential(*layers)
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, image_shape[2], height, width)).numel()
+        self.head = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(images).flatten(1))
+
+
+class SpatialSoftmax(nn.Module):
+    """Expected image coordinates of ``keypoints`` learned heat maps (2 numbers each)."""
+
+    def __init__(self, in_channels: int, keypoints: int) -> None:
+        super().__init__()
+        self.project = nn.Conv2d(in_channels, keypoints, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        maps = self.project(features)
+        batch, keypoints, height, width = maps.shape
+        attention = F.softmax(maps.flatten(2), dim=-1).view(batch, keypoints, height, width)
+        ys = torch.linspace(-1.0, 1.0, height, device=maps.device)
+        xs = torch.linspace(-1.0, 1.0, width, device=maps.device)
+        x = (attention.sum(dim=2) * xs).sum(-1)
+        y = (attention.sum(dim=3) * ys).sum(-1)
+        return torch.stack([x, y], dim=-1).flatten(1)
+
+
+class ResNet18Trunk(nn.Module):
+    def __init__(self, image_shape: list[int], keypoints: int, feature_dim: int) -> None:
+        super().__init__()
+        from perception.torchvision_compat import import_torchvision
+
+        torchvision = import_torchvision()
+        resnet = torchvision.models.resnet18(weights=None)
+        self.backbone = nn.Sequential(*list(resnet.children())[:-2])
+        self.keypoints = SpatialSoftmax(512, keypoints)
+        self.head = nn.Sequential(nn.Linear(2 * keypoints, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.keypoints(self.backbone(images)))
+
+
+class ObservationEncoder(nn.Module):
+    """Encodes a dict of batched observation tensors into (B, output_dim) features."""
+
+    def __init__(self, obs_spec: ObsSpec, config: EncoderConfig) -> None:
+        super().__init__()
+        if config.name not in ENCODERS:
+            raise ValueError(f"unknown encoder {config.name!r}; available: {', '.join(ENCODERS)}")
+        self.config = config
+        self.image_keys = sorted(k for k, s in obs_spec.items() if is_image(s))
+        self.lowdim_keys = sorted(k for k, s in obs_spec.items() if not is_image(s))
+        trunks = {}
+        for key in self.image_keys:
+            shape = obs_spec[key]["shape"]
+            if config.name == "conv":
+                trunks[key] = ConvTrunk(shape, config.channels, config.feature_dim)
+            else:
+                trunks[key] = ResNet18Trunk(shape, config.keypoints, config.feature_dim)
+        self.trunks = nn.ModuleDict(trunks)
+        lowdim = sum(int(torch.tensor(obs_spec[k]["shape"]).prod()) for k in self.lowdim_keys)
+        self.output_dim = config.feature_dim * len(self.image_keys) + lowdim
+        self.to(memory_format=torch.channels_last)
+
+    @staticmethod
+    def preprocess(images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, C) -> float (B, C, H, W) in [-0.5, 0.5], channels-last in memory."""
+        return (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5).contiguous(memory_format=torch.channels_last)
+
+    def forward(self, obs: dict[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
+        parts = []
+        for key in self.image_keys:
+            images = self.preprocess(obs[key])
+            if augment and self.config.augment_pad > 0:
+                images = random_shift(images, self.config.augment_pad).contiguous(memory_format=torch.channels_last)
+            parts.append(self.trunks[key](images))
+        parts += [obs[key].float().flatten(1) for key in self.lowdim_keys]
+        return torch.cat(parts, dim=-1)

@@ -1,0 +1,64 @@
+"""Self-describing checkpoints, written atomically, loadable with ``weights_only=True``.
+
+A checkpoint holds the agent's weights and optimiser states, the resolved run config, the
+observation spec and action dimension, the env it acts in, step counters and RNG states:
+everything needed to rebuild the agent and continue, and nothing but tensors and plain
+Python values.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "algo", "config", "obs_spec", "action_dim", "env", "agent", "step")
+
+
+def rng_state(numpy_rng: np.random.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": numpy_rng.bit_generator.state, "python": random.getstate()}
+
+
+def restore_rng_state(state: dict[str, Any], numpy_rng: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_rng.bit_generator.state = state["numpy"]
+    random.setstate(state["python"])
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` through a temporary file and an atomic rename, so an
+    interrupted write never damages the previous checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and sanity-check a checkpoint; a clear ``ValueError`` for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    missing = [key for key in REQUIRED_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise ValueError(f"{path}: not a checkpoint of this project (missing {missing})")
+    if checkpoint["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {checkpoint['format_version']}, expected {FORMAT_VERSION}")
+    return checkpoint

@@ -1,0 +1,52 @@
+"""The typed config tree of the training entry points (hydra structured configs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from datasets.offline import RewardConfig
+from perception.encoders import EncoderConfig
+from policy.calql import CalQLConfig
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "pickplace"
+    path: Optional[str] = None  # null: the project's default file for `name`, made if missing
+    obs_keys: list[str] = field(default_factory=lambda: ["agentview_image", "robot0_eef_pos", "robot0_gripper_qpos"])
+    filter_key: Optional[str] = "train"
+    eval_filter_key: Optional[str] = "valid"  # states for the calibration summary
+    terminals: str = "success"  # how `dones` become terminals: success | dones | none
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+
+@dataclass
+class EnvConfig:
+    name: str = "pickplace"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # merged over the dataset's env_args
+
+
+@dataclass
+class PretrainConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    algo: CalQLConfig = field(default_factory=CalQLConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    steps: int = 10000
+    batch_size: int = 256
+    eval_every: int = 2000
+    eval_episodes: int = 25
+    eval_workers: int = 2
+    eval_seed: int = 100000  # evaluation episode i uses env seed eval_seed + i
+    calibration_states: int = 1024
+    log_every: int = 100
+    checkpoint_every: int = 2000
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    threads: int = 0  # torch CPU threads; 0: one per core
+
+
+ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)

@@ -1,0 +1,214 @@
+"""Offline pretraining from HDF5 demonstrations: ``python -m policy.pretrain dataset=pickplace``.
+
+The Workspace owns the loop: it loads the dataset into replay (generating the default
+dataset first if its file is missing), checks it against the evaluation env, trains the
+agent, logs to TensorBoard and CSV, evaluates in parallel sim workers every ``eval_every``
+steps and writes self-describing checkpoints to the hydra run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import hydra  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import sim  # noqa: E402
+from datasets.offline import load_replay  # noqa: E402
+from datasets.replay import ObsSpec, ReplayBuffer, is_image  # noqa: E402
+from datasets.robomimic_hdf5 import read_env_args  # noqa: E402
+from policy.calql import CalQLAgent, NonFiniteLossError  # noqa: E402
+from policy.checkpoint import rng_state, save_checkpoint  # noqa: E402
+from policy.config import PretrainConfig  # noqa: E402
+from policy.evaluation import Evaluator  # noqa: E402
+from policy.logger import MetricLogger  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
+ALGOS = ("calql", "cql")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def dataset_path(cfg: PretrainConfig) -> Path:
+    """The dataset file; the default dataset is generated on first use."""
+    from sim.collect import DEFAULT_DATASETS, CollectConfig, collect
+
+    if cfg.dataset.path:
+        path = Path(cfg.dataset.path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset file not found: {path}")
+        return path
+    if cfg.dataset.name not in DEFAULT_DATASETS:
+        raise ValueError(f"dataset {cfg.dataset.name!r} has no default file; set dataset.path")
+    path = DEFAULT_DATASETS[cfg.dataset.name]
+    if not path.is_file():
+        log.info("default dataset %s is missing: generating it", path)
+        collect(CollectConfig(task=cfg.dataset.name))
+    return path
+
+
+def check_obs_spec(obs_spec: ObsSpec, observation_space, env_name: str) -> None:
+    """Every dataset key must exist in the env with the same shape."""
+    for key, spec in obs_spec.items():
+        if key not in observation_space.spaces:
+            raise ValueError(f"observation key {key!r} is not produced by env {env_name!r} (it has {sorted(observation_space.spaces)})")
+        env_shape = list(observation_space[key].shape)
+        if env_shape != list(spec["shape"]):
+            kind = "image size" if is_image(spec) else "shape"
+            raise ValueError(f"{kind} mismatch for {key!r}: dataset {spec['shape']}, env {env_name!r} {env_shape}")
+
+
+class Workspace:
+    def __init__(self, cfg: PretrainConfig, run_dir: Path) -> None:
+        if cfg.algo.name not in ALGOS:
+            raise ValueError(f"unknown algo {cfg.algo.name!r}; available: {', '.join(ALGOS)}")
+        for name in ("steps", "batch_size", "eval_every", "eval_episodes", "eval_workers", "log_every", "checkpoint_every"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.device = resolve_device(cfg.device)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+
+        path = dataset_path(cfg)
+        self.dataset_path = path
+        self.replay, stats = load_replay(path, list(cfg.dataset.obs_keys), cfg.algo.gamma, cfg.dataset.reward,
+                                         cfg.dataset.filter_key, cfg.dataset.terminals)
+        log.info("replay: %d transitions in %d episodes (%d successes), %.1f MB",
+                 len(self.replay), stats.episodes, stats.successes, self.replay.nbytes / 2**20)
+        self.calibration_batch = self._calibration_batch(path)
+
+        env_args = read_env_args(path)
+        self.env_kwargs = dict(env_args.get("env_kwargs", {})) if env_args.get("env_name") == cfg.env.name else {}
+        self.env_kwargs.update(cfg.env.kwargs)
+        probe = sim.make_env(cfg.env.name, **self.env_kwargs)  # spaces only: no rendering yet
+        check_obs_spec(self.replay.obs_spec, probe.observation_space, cfg.env.name)
+        action_dim = probe.action_space.shape[0]
+        probe.close()
+        if self.replay.action_dim != action_dim:
+            raise ValueError(f"action dimension mismatch: dataset {self.replay.action_dim}, env {cfg.env.name!r} {action_dim}")
+
+        self.agent = CalQLAgent(self.replay.obs_spec, action_dim, cfg.algo, cfg.encoder, self.device)
+        self.logger = MetricLogger(run_dir)
+        self.evaluator = Evaluator(cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
+        self.step = 0
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+
+    def _calibration_batch(self, path: Path) -> dict[str, Any]:
+        """Fixed dataset states (held-out split when the file has one) with MC returns."""
+        cfg = self.cfg
+        source: ReplayBuffer = self.replay
+        if cfg.dataset.eval_filter_key:
+            try:
+                source, _ = load_replay(path, list(cfg.dataset.obs_keys), cfg.algo.gamma, cfg.dataset.reward,
+                                        cfg.dataset.eval_filter_key, cfg.dataset.terminals)
+            except ValueError as error:
+                log.info("calibration states from the training split (%s)", error)
+        index = np.random.default_rng(cfg.seed + 1).integers(0, len(source), size=min(cfg.calibration_states, len(source)))
+        return source.gather(index)
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "algo": self.cfg.algo.name,
+            "config": OmegaConf.to_container(OmegaConf.structured(self.cfg), resolve=True),
+            "obs_spec": self.replay.obs_spec,
+            "action_dim": self.agent.action_dim,
+            "env": {"name": self.cfg.env.name, "kwargs": self.env_kwargs},
+            "dataset": str(self.dataset_path),
+            "agent": self.agent.training_state(),
+            "step": self.step,
+            "rng": rng_state(self.rng),
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        self.agent.eval()
+        metrics = self.evaluator.run(lambda obs: self.agent.act(obs, deterministic=True), self.cfg.eval_episodes)
+        batch = self.calibration_batch
+        q_policy = self.agent.q_values(batch["obs"])
+        q_data = self.agent.q_values(batch["obs"], batch["actions"])
+        metrics.update(
+            q_policy=float(q_policy.mean()),
+            q_data=float(q_data.mean()),
+            mc_return=float(batch["mc_returns"].mean()),
+            q_policy_minus_mc=float((q_policy - batch["mc_returns"]).mean()),
+        )
+        self.agent.train()
+        return metrics
+
+    def train(self) -> dict[str, float]:
+        cfg = self.cfg
+        last_eval: dict[str, float] = {}
+        window: dict[str, list[float]] = {}
+        start = time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"pretrain {cfg.algo.name}", unit="step", dynamic_ncols=True)
+        while self.step < cfg.steps:
+            metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng))
+            self.step += 1
+            bar.update(1)
+            for key, value in metrics.items():
+                window.setdefault(key, []).append(value)
+            if self.step % cfg.log_every == 0:
+                averaged = {key: float(np.mean(values)) for key, values in window.items()}
+                averaged["updates_per_second"] = self.step / (time.perf_counter() - start)
+                self.logger.log("train", self.step, averaged)
+                bar.set_postfix(q=f"{averaged['q_data']:.2f}", bound=f"{averaged.get('bound_rate', 0):.2f}",
+                                success=f"{last_eval.get('success_rate', float('nan')):.2f}")
+                window.clear()
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                last_eval = self.evaluate()
+                self.logger.log("eval", self.step, last_eval)
+                tqdm.write(f"step {self.step}: success {last_eval['success_rate']:.2f}, "
+                           f"Q(s, pi) {last_eval['q_policy']:.2f} vs MC {last_eval['mc_return']:.2f}")
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_payload())
+        bar.close()
+        return last_eval
+
+    def close(self) -> None:
+        self.evaluator.close()
+        self.logger.close()
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "configs"), config_name="pretrain")
+def main(cfg) -> None:
+    config: PretrainConfig = OmegaConf.to_object(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    workspace = None
+    try:
+        workspace = Workspace(config, run_dir)
+        final = workspace.train()
+    except NonFiniteLossError as error:
+        kept = run_dir / "checkpoint.pt"
+        print(f"error: training stopped: {error}; last good checkpoint: {kept if kept.exists() else 'none yet'}", file=sys.stderr)
+        sys.exit(1)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if workspace is not None:
+            workspace.close()
+    print(f"done: {run_dir / 'checkpoint.pt'}; final success rate {final['success_rate']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
