@@ -191,8 +191,8 @@ class CalQLAgent(nn.Module):
         )
         metrics.update(cql_metrics)
         if cfg.cql_lagrange:
-            cql_alpha = self.log_cql_alpha.exp().clamp(0.0, 1e6)
-            penalty = (cql_alpha.detach() * (gap - cfg.cql_target_action_gap)).sum()
+            cql_alpha = self.log_cql_alpha.detach().exp().clamp(0.0, 1e6)
+            penalty = (cql_alpha * (gap - cfg.cql_target_action_gap)).sum()
         else:
             cql_alpha = torch.tensor(cfg.cql_alpha)
             penalty = cfg.cql_alpha * gap.sum()

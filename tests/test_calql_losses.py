@@ -1,0 +1,63 @@
+import math
+
+import torch
+
+from policy.calql import cql_penalty, td_loss
+
+ACTION_DIM = 2
+
+
+def _terms(q_data, q_random, q_current, q_next, logp_current, logp_next, temperature=1.0):
+    log_density = ACTION_DIM * math.log(0.5)
+    ood = torch.cat([q_random - log_density, q_next - logp_next, q_current - logp_current], dim=-1)
+    return (temperature * torch.logsumexp(ood / temperature, dim=-1) - q_data).mean(dim=1)
+
+
+def _case():
+    # one head, two states, two samples of each kind; MC returns above some policy Q-values
+    q_data = torch.tensor([[0.0, 1.0]])
+    q_random = torch.tensor([[[-3.0, -2.0], [-1.0, 0.5]]])
+    q_current = torch.tensor([[[-5.0, 0.0], [2.0, -4.0]]])
+    q_next = torch.tensor([[[-6.0, 1.0], [-2.0, 3.0]]])
+    logp = torch.tensor([[0.1, -0.2], [0.3, 0.0]])
+    mc = torch.tensor([-1.0, 0.5])
+    return q_data, q_random, q_current, q_next, logp, logp.flip(-1), mc
+
+
+def test_cql_is_the_plain_logsumexp_gap():
+    q_data, q_random, q_current, q_next, logp_c, logp_n, _ = _case()
+    gap, metrics = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, None, ACTION_DIM, 1.0)
+    torch.testing.assert_close(gap, _terms(q_data, q_random, q_current, q_next, logp_c, logp_n))
+    assert "bound_rate" not in metrics
+
+
+def test_calql_bounds_only_the_policy_terms_by_mc_returns():
+    q_data, q_random, q_current, q_next, logp_c, logp_n, mc = _case()
+    gap, metrics = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, mc, ACTION_DIM, 1.0)
+    bound = mc.view(1, -1, 1)
+    expected = _terms(q_data, q_random, torch.maximum(q_current, bound), torch.maximum(q_next, bound), logp_c, logp_n)
+    torch.testing.assert_close(gap, expected)
+    # random-action Q-values below the MC return are left alone: bounding them too differs
+    wrong = _terms(q_data, torch.maximum(q_random, bound), torch.maximum(q_current, bound), torch.maximum(q_next, bound), logp_c, logp_n)
+    assert not torch.allclose(gap, wrong)
+    # 4 of the 8 policy-action values lie below their state's MC return
+    assert metrics["bound_rate"] == 0.5
+    plain, _ = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, None, ACTION_DIM, 1.0)
+    assert torch.all(gap > plain)  # lifting Q-values can only raise the logsumexp
+
+
+def test_calql_equals_cql_when_q_exceeds_the_mc_return():
+    q_data, q_random, q_current, q_next, logp_c, logp_n, _ = _case()
+    low_mc = torch.tensor([-100.0, -100.0])
+    calibrated, metrics = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, low_mc, ACTION_DIM, 1.0)
+    plain, _ = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, None, ACTION_DIM, 1.0)
+    torch.testing.assert_close(calibrated, plain)
+    assert metrics["bound_rate"] == 0.0
+
+
+def test_temperature_and_td_loss():
+    q_data, q_random, q_current, q_next, logp_c, logp_n, _ = _case()
+    gap, _ = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, None, ACTION_DIM, 0.5)
+    torch.testing.assert_close(gap, _terms(q_data, q_random, q_current, q_next, logp_c, logp_n, temperature=0.5))
+    loss, metrics = td_loss(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([0.0, 2.0]))
+    assert math.isclose(loss.item(), 0.5 + 2.0) and math.isclose(metrics["td_loss"], 1.25)

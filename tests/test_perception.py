@@ -1,0 +1,52 @@
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from perception.augment import random_shift
+from perception.encoders import EncoderConfig, ObservationEncoder
+
+SPEC = {"agentview_image": {"shape": [48, 48, 3], "dtype": "uint8"}, "robot0_eef_pos": {"shape": [3], "dtype": "float32"}}
+
+
+def test_random_shift_crops_an_edge_padded_window_per_sample():
+    images = torch.rand(6, 3, 10, 12)
+    shifted = random_shift(images, pad=2, generator=torch.Generator().manual_seed(0))
+    padded = F.pad(images, (2, 2, 2, 2), mode="replicate")
+    offsets = []
+    for b in range(6):
+        matches = [(i, j) for i in range(5) for j in range(5) if torch.equal(shifted[b], padded[b, :, i : i + 10, j : j + 12])]
+        assert matches, f"sample {b} is not a window of the padded image"
+        offsets.append(matches[0])
+    assert len(set(offsets)) > 1  # independent per sample
+    assert torch.equal(random_shift(images, pad=0), images)
+
+
+def test_conv_encoder_fuses_low_dimensional_keys():
+    encoder = ObservationEncoder(SPEC, EncoderConfig())
+    obs = {"agentview_image": torch.randint(0, 256, (5, 48, 48, 3), dtype=torch.uint8), "robot0_eef_pos": torch.randn(5, 3)}
+    features = encoder(obs, augment=True)
+    assert features.shape == (5, encoder.output_dim) == (5, 64 + 3)
+    torch.testing.assert_close(features[:, -3:], obs["robot0_eef_pos"])
+    assert torch.equal(encoder(obs), encoder(obs))  # no augmentation at evaluation
+
+
+def test_lowdim_mode_is_plain_concatenation():
+    spec = {"robot0_eef_pos": {"shape": [3], "dtype": "float32"}, "object": {"shape": [13], "dtype": "float32"}}
+    encoder = ObservationEncoder(spec, EncoderConfig())
+    assert encoder.output_dim == 16 and not list(encoder.parameters())
+
+
+def test_resnet18_encoder_runs_on_cpu():
+    encoder = ObservationEncoder(SPEC, EncoderConfig(name="resnet18", keypoints=8, feature_dim=16))
+    obs = {"agentview_image": torch.randint(0, 256, (2, 48, 48, 3), dtype=torch.uint8), "robot0_eef_pos": torch.zeros(2, 3)}
+    assert encoder(obs, augment=True).shape == (2, 19)
+
+
+def test_torchvision_imports_in_a_fresh_process():
+    code = ("from perception.torchvision_compat import import_torchvision; tv = import_torchvision(); "
+            "import torch; m = tv.models.resnet18(weights=None).eval(); print(m(torch.zeros(1, 3, 64, 64)).shape)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "torch.Size([1, 1000])" in result.stdout

@@ -1,0 +1,92 @@
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from policy.calql import NonFiniteLossError
+from policy.checkpoint import load_checkpoint
+from policy.config import DatasetConfig, PretrainConfig
+from policy.pretrain import Workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["steps=6", "eval_every=3", "eval_episodes=2", "eval_workers=2", "batch_size=16", "log_every=2",
+        "checkpoint_every=3", "calibration_states=32", "algo.cql_num_actions=3", "algo.backup_num_actions=2"]
+
+
+def _pretrain(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "policy.pretrain", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_smoke_through_the_simulator(small_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    result = _pretrain(f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "final success rate" in result.stdout
+    for name in ("config.yaml", "train.csv", "eval.csv", "checkpoint.pt", ".hydra/config.yaml"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "tb").iterdir())
+    with open(run_dir / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [3, 6]
+    assert all(0.0 <= float(r["success_rate"]) <= 1.0 for r in rows) and "q_policy_minus_mc" in rows[0]
+    with open(run_dir / "train.csv") as f:
+        train = list(csv.DictReader(f))
+    assert len(train) == 3 and {"bound_rate", "cql_gap", "entropy", "critic_grad_norm"} <= set(train[0])
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 6 and checkpoint["algo"] == "calql"
+    assert checkpoint["obs_spec"]["agentview_image"] == {"shape": [48, 48, 3], "dtype": "uint8"}
+    assert checkpoint["config"]["algo"]["calibrated"] is True and checkpoint["env"]["name"] == "pickplace"
+    assert {"model", "critic_optimizer", "actor_optimizer"} <= set(checkpoint["agent"]) and "torch" in checkpoint["rng"]
+
+
+def test_cli_cql_in_low_dimensional_mode(small_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    result = _pretrain("algo=cql", "dataset=pickplace_lowdim", f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    assert checkpoint["algo"] == "cql" and checkpoint["config"]["algo"]["calibrated"] is False
+    assert set(checkpoint["obs_spec"]) == {"robot0_eef_pos", "robot0_gripper_qpos", "object"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["dataset.path=/nonexistent/data.hdf5"], "error: dataset file not found: /nonexistent/data.hdf5"),
+        (["dataset.obs_keys=[agentview_image,wrist_image]"], "['wrist_image'] not found; the file has: ['agentview_image', 'object', "),
+        (["+env.kwargs.image_size=32"], "error: image size mismatch for 'agentview_image': dataset [48, 48, 3], env 'pickplace' [32, 32, 3]"),
+    ],
+)
+def test_cli_bad_input_fails_before_training(small_dataset, tmp_path, args, message):
+    result = _pretrain(f"dataset.path={small_dataset}", f"hydra.run.dir={tmp_path / 'run'}", *FAST, *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_cli_unknown_algo_is_rejected(tmp_path):
+    result = _pretrain("algo=bc", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0 and "algo/bc" in result.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(small_dataset, tmp_path):
+    config = PretrainConfig(dataset=DatasetConfig(path=str(small_dataset)), steps=4, eval_every=100, checkpoint_every=2, eval_episodes=2,
+                            batch_size=8, log_every=1, calibration_states=8)
+    config.algo.cql_num_actions = config.algo.backup_num_actions = 2
+    workspace = Workspace(config, tmp_path)
+    try:
+        workspace.cfg.eval_every = 10**6  # no sim episodes needed here
+        workspace.cfg.steps = 2
+        workspace.train()
+        saved = (tmp_path / "checkpoint.pt").read_bytes()
+        workspace.replay.data["rewards"][:] = np.nan
+        workspace.cfg.steps = 4
+        with pytest.raises(NonFiniteLossError, match="non-finite critic_loss .* at update 2"):
+            workspace.train()
+    finally:
+        workspace.close()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
