@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from datasets.replay import ObsSpec
 from perception.encoders import EncoderConfig, ObservationEncoder
-from policy.networks import EnsembleCritic, TanhGaussianActor, sample_tanh_gaussian, soft_update
+from policy.networks import EnsembleCritic, TanhGaussianActor, sample_tanh_gaussian, soft_update, tanh_gaussian_log_prob
 
 
 @dataclass
@@ -46,6 +46,9 @@ class CalQLConfig:
     cql_target_action_gap: float = 0.8
     backup_num_actions: int = 10  # max target backup over this many policy samples; 1 = plain
     init_entropy_alpha: float = 1.0
+    # Behaviour-cloning warm start of the actor for the first bc_steps updates (CQL's
+    # "policy_eval_start"): the actor loss is alpha * logpi(a~pi) - logpi(a_data).
+    bc_steps: int = 0
     target_entropy: float | None = None  # default: -action_dim
 
 
@@ -101,6 +104,11 @@ def cql_penalty(
 def sac_actor_loss(logp: torch.Tensor, q_min: torch.Tensor, entropy_alpha: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     loss = (entropy_alpha * logp - q_min).mean()
     return loss, {"actor_loss": loss.item(), "entropy": -logp.mean().item(), "q_policy": q_min.mean().item()}
+
+
+def bc_actor_loss(logp: torch.Tensor, logp_data: torch.Tensor, entropy_alpha: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    loss = (entropy_alpha * logp).mean() - logp_data.mean()
+    return loss, {"actor_loss": loss.item(), "entropy": -logp.mean().item(), "bc_log_prob": logp_data.mean().item()}
 
 
 def entropy_alpha_loss(log_alpha: torch.Tensor, logp: torch.Tensor, target_entropy: float) -> tuple[torch.Tensor, dict[str, float]]:
@@ -210,11 +218,17 @@ class CalQLAgent(nn.Module):
             self.cql_alpha_optimizer.step()
 
         # Actor on detached features; the critic is only read here.
-        self.critic.requires_grad_(False)
-        policy_actions, logp = sample_tanh_gaussian(*self.actor(features.detach()), 1)
-        q_policy = self.critic(features.detach(), policy_actions).min(dim=0).values
-        actor_loss, actor_metrics = sac_actor_loss(logp, q_policy, self.log_entropy_alpha.exp().detach())
-        self.critic.requires_grad_(True)
+        mean, log_std = self.actor(features.detach())
+        policy_actions, logp = sample_tanh_gaussian(mean, log_std, 1)
+        entropy_alpha = self.log_entropy_alpha.exp().detach()
+        if self.num_updates < cfg.bc_steps:
+            logp_data = tanh_gaussian_log_prob(mean, log_std, actions)
+            actor_loss, actor_metrics = bc_actor_loss(logp, logp_data, entropy_alpha)
+        else:
+            self.critic.requires_grad_(False)
+            q_policy = self.critic(features.detach(), policy_actions).min(dim=0).values
+            actor_loss, actor_metrics = sac_actor_loss(logp, q_policy, entropy_alpha)
+            self.critic.requires_grad_(True)
         self._check_finite(actor_loss, "actor_loss")
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()

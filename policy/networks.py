@@ -68,6 +68,11 @@ class TanhGaussianActor(nn.Module):
         return sample_tanh_gaussian(*self(features), num_samples)
 
 
+def _tanh_log_det(pre_tanh: torch.Tensor) -> torch.Tensor:
+    """log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable, summed."""
+    return (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
+
+
 def sample_tanh_gaussian(mean: torch.Tensor, log_std: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``num_samples`` reparameterised tanh-Gaussian samples per row of ``mean``/``log_std``
     (B, A): actions (B, N, A) and their log-probabilities (B, N)."""
@@ -75,8 +80,15 @@ def sample_tanh_gaussian(mean: torch.Tensor, log_std: torch.Tensor, num_samples:
     noise = torch.randn(mean.shape[0], num_samples, mean.shape[-1], device=mean.device)
     pre_tanh = mean + log_std.exp() * noise
     gaussian = (-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-    # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable
-    return torch.tanh(pre_tanh), gaussian - (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
+    return torch.tanh(pre_tanh), gaussian - _tanh_log_det(pre_tanh)
+
+
+def tanh_gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Log-probability (B,) of given actions (B, A) in [-1, 1]; actions on the boundary
+    (saturated expert commands) are pulled in by ``eps`` to keep atanh finite."""
+    pre_tanh = torch.atanh(actions.clamp(-1.0 + eps, 1.0 - eps))
+    gaussian = (-0.5 * ((pre_tanh - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return gaussian - _tanh_log_det(pre_tanh)
 
 
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:

@@ -26,7 +26,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402  (MUJOCO_GL must be set before the first import)
 
 TABLE_TOP_Z = 0.8
-CUBE_HALF_SIZE = 0.02
+CUBE_HALF_SIZE = 0.025
 TRAY_POS = np.array([0.0, 0.2, TABLE_TOP_Z + 0.025])  # bin centre: its base rests on the table
 TRAY_SIZE = (0.18, 0.18, 0.05)  # outer x, y, height
 TRAY_WALL = 0.01
@@ -44,9 +44,9 @@ GRIP_DOWN_MAT = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 SERVO_OMEGA = 40.0
 ARM_ARMATURE = 0.1
 PANDA_NEUTRAL_QPOS = np.array([0.0, np.pi / 16.0, 0.0, -np.pi / 2.0 - np.pi / 3.0, 0.0, np.pi - 0.2, np.pi / 4])
-CAMERA_POS = np.array([0.3, 0.02, 1.45])
-CAMERA_LOOKAT = np.array([-0.1, 0.02, 0.86])
-CAMERA_FOVY = 50.0
+CAMERA_POS = np.array([0.2, 0.02, 1.4])
+CAMERA_LOOKAT = np.array([-0.07, 0.02, 0.82])
+CAMERA_FOVY = 48.0
 FINGER_OPEN = 0.04
 
 

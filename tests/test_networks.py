@@ -6,7 +6,7 @@ import torch
 from datasets.replay import obs_spec_of
 from perception.encoders import EncoderConfig
 from policy.calql import CalQLAgent, CalQLConfig
-from policy.networks import EnsembleCritic, TanhGaussianActor, sample_tanh_gaussian, soft_update
+from policy.networks import EnsembleCritic, TanhGaussianActor, sample_tanh_gaussian, soft_update, tanh_gaussian_log_prob
 
 
 def test_ensemble_critic_matches_separate_mlps():
@@ -34,6 +34,9 @@ def test_tanh_gaussian_log_prob_matches_torch_distributions():
     )
     expected = dist.log_prob(actions.clamp(-1 + 1e-6, 1 - 1e-6)).sum(-1)
     torch.testing.assert_close(logp, expected, atol=2e-3, rtol=1e-3)
+    # the log-probability of given actions agrees with that of the sampler
+    torch.testing.assert_close(tanh_gaussian_log_prob(mean.unsqueeze(1), log_std.unsqueeze(1), actions), logp, atol=1e-3, rtol=1e-4)
+    assert torch.isfinite(tanh_gaussian_log_prob(mean, log_std, torch.ones(3, 2))).all()
     actor = TanhGaussianActor(4, 2, 16)
     assert actor.deterministic(torch.zeros(7, 4)).shape == (7, 2)
 
@@ -86,3 +89,13 @@ def test_lagrange_alpha_moves_with_the_gap():
     before = agent.log_cql_alpha.item()
     agent.update(batch)
     assert agent.log_cql_alpha.item() < before  # gap far below target: alpha decreases
+
+
+def test_behaviour_cloning_warm_start_then_sac():
+    torch.manual_seed(0)
+    batch = _batch(np.random.default_rng(2))
+    config = CalQLConfig(bc_steps=1, cql_num_actions=2, backup_num_actions=2, hidden_dim=16)
+    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
+    first, second = agent.update(batch), agent.update(batch)
+    assert "bc_log_prob" in first and "q_policy" not in first
+    assert "q_policy" in second and "bc_log_prob" not in second
