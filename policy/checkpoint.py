@@ -62,3 +62,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if checkpoint["format_version"] != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {checkpoint['format_version']}, expected {FORMAT_VERSION}")
     return checkpoint
+
+
+def restore_agent(checkpoint: dict[str, Any], device: str | torch.device = "cpu"):
+    """The agent a checkpoint describes, with its weights and optimiser states loaded."""
+    from perception.encoders import EncoderConfig
+    from policy.calql import CalQLAgent, CalQLConfig
+
+    config = checkpoint["config"]
+    if checkpoint["algo"] not in ("calql", "cql"):
+        raise ValueError(f"checkpoint of algo {checkpoint['algo']!r}: no agent of that name here")
+    agent = CalQLAgent(
+        checkpoint["obs_spec"], int(checkpoint["action_dim"]),
+        CalQLConfig(**config["algo"]), EncoderConfig(**config["encoder"]), device,
+    )
+    agent.load_training_state(checkpoint["agent"])
+    return agent

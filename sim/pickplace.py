@@ -25,6 +25,8 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402  (MUJOCO_GL must be set before the first import)
 
+from sim.actions import checked_action  # noqa: E402
+
 TABLE_TOP_Z = 0.8
 CUBE_HALF_SIZE = 0.025
 TRAY_POS = np.array([0.0, 0.2, TABLE_TOP_Z + 0.025])  # bin centre: its base rests on the table
@@ -337,12 +339,7 @@ class PickPlaceEnv(gym.Env):
         return self._observation(), {"is_success": False}
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (4,):
-            raise ValueError(f"action must have shape (4,), got {action.shape}")
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action must be finite, got {action}")
-        action = np.clip(action, -1.0, 1.0)
+        action = checked_action(action, 4)
         m, d = self.model, self.data
         grip = self._grip_pos()
         # The target leads the gripper by at most two steps so that pushing against the

@@ -13,6 +13,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from sim.actions import checked_action
+
 ROBOSUITE_NAMES = {"lift": "Lift", "can": "PickPlaceCan"}
 # Length of robosuite's "object-state" observation for each task.
 OBJECT_STATE_DIMS = {"lift": 10, "can": 14}
@@ -94,12 +96,8 @@ class RobosuiteTaskEnv(gym.Env):
         return self._convert(self._env.reset()), {"is_success": False}
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (7,):
-            raise ValueError(f"action must have shape (7,), got {action.shape}")
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action must be finite, got {action}")
-        raw, reward, _, _ = self._env.step(np.clip(action, -1.0, 1.0))
+        action = checked_action(action, 7)
+        raw, reward, _, _ = self._env.step(action)
         self._steps += 1
         success = bool(self._env._check_success())
         truncated = self._steps >= self.horizon and not success

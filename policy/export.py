@@ -1,0 +1,200 @@
+"""Export a trained policy for robot controllers: ``python -m policy.export checkpoint=PATH out=policy.pt``.
+
+Writes one TorchScript module whose ``forward(observations: List[Tensor]) -> Tensor`` takes
+the raw observation tensors as a robot provides them, in the order of the ``obs_keys``
+metadata (uint8 HxWx3 images and float32 low-dimensional vectors, each with a leading batch
+dimension of any size), and returns the deterministic action (tanh of the policy mean) in
+the env's action space [-1, 1]. Preprocessing lives inside; wrong shapes or dtypes fail with
+a message naming the input. ``metadata.json`` is stored in the file (``_extra_files``) and
+the module's ``obs_keys()``, ``input_shapes()`` and ``input_dtypes()`` methods answer the same
+from C++. ``format=torch_export`` also writes a ``torch.export`` program (``.pt2``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional
+
+import hydra
+import torch
+import torch.nn as nn
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from datasets.replay import is_image
+from policy.checkpoint import load_checkpoint, restore_agent
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FORMATS = ("torchscript", "torch_export")
+ACTION_MEANINGS = {
+    "pickplace": ["dx (x 0.04 m)", "dy (x 0.04 m)", "dz (x 0.04 m)", "gripper: -1 open, +1 closed"],
+    "lift": ["OSC_POSE dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"],
+    "can": ["OSC_POSE dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"],
+}
+CONTROL_HZ = {"lift": 20.0, "can": 20.0}
+
+
+class PolicyCore(nn.Module):
+    """Encoder and actor mean on positional observation tensors (no checks: traceable)."""
+
+    def __init__(self, agent, obs_keys: list[str]) -> None:
+        super().__init__()
+        self.encoder = agent.encoder
+        self.actor = agent.actor
+        self.obs_keys = obs_keys
+
+    def forward(self, observations: list[torch.Tensor]) -> torch.Tensor:
+        features = self.encoder(dict(zip(self.obs_keys, observations)))
+        return self.actor.deterministic(features)
+
+
+def _dtype_name(x: torch.Tensor) -> str:
+    names = {torch.uint8: "uint8", torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+             torch.int32: "int32", torch.int64: "int64", torch.bool: "bool"}
+    return names.get(x.dtype, "other")
+
+
+class CheckedPolicy(nn.Module):
+    """Checks inputs by name, then runs the traced core."""
+
+    def __init__(self, core: torch.jit.ScriptModule, obs_keys: list[str], shapes: list[list[int]], dtypes: list[str]) -> None:
+        super().__init__()
+        self.core = core
+        self.keys: List[str] = obs_keys
+        self.shapes: List[List[int]] = shapes
+        self.dtypes: List[str] = dtypes
+
+    def forward(self, observations: List[torch.Tensor]) -> torch.Tensor:
+        if len(observations) != len(self.keys):
+            raise ValueError("expected " + str(len(self.keys)) + " observation tensors " + str(self.keys)
+                             + ", got " + str(len(observations)))
+        batch: Optional[int] = None
+        for i in range(len(self.keys)):
+            x = observations[i]
+            expected = self.shapes[i]
+            if x.dim() != len(expected) + 1 or list(x.shape[1:]) != expected:
+                raise ValueError("input " + self.keys[i] + ": expected shape [B, " + str(expected)[1:]
+                                 + ", got " + str(list(x.shape)))
+            if _dtype_name(x) != self.dtypes[i]:
+                raise ValueError("input " + self.keys[i] + ": expected dtype " + self.dtypes[i] + ", got " + _dtype_name(x))
+            if batch is None:
+                batch = x.shape[0]
+            elif x.shape[0] != batch:
+                raise ValueError("input " + self.keys[i] + ": batch size " + str(x.shape[0]) + " differs from " + str(batch))
+        return self.core(observations)
+
+    @torch.jit.export
+    def obs_keys(self) -> List[str]:
+        return self.keys
+
+    @torch.jit.export
+    def input_shapes(self) -> List[List[int]]:
+        return self.shapes
+
+    @torch.jit.export
+    def input_dtypes(self) -> List[str]:
+        return self.dtypes
+
+
+def example_inputs(obs_spec: dict, obs_keys: list[str], batch: int = 2) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    inputs = []
+    for key in obs_keys:
+        shape = [batch, *obs_spec[key]["shape"]]
+        if is_image(obs_spec[key]):
+            inputs.append(torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator))
+        else:
+            inputs.append(torch.randn(shape, generator=generator))
+    return inputs
+
+
+def build_metadata(checkpoint: dict[str, Any], checkpoint_path: Path, obs_keys: list[str]) -> dict[str, Any]:
+    env = checkpoint["env"]
+    spec = checkpoint["obs_spec"]
+    control_hz = CONTROL_HZ.get(env["name"], float(env["kwargs"].get("control_hz", 10.0)))
+    return {
+        "obs_keys": obs_keys,
+        "inputs": [{"key": k, "shape": ["B", *spec[k]["shape"]], "dtype": spec[k]["dtype"]} for k in obs_keys],
+        "action_dim": int(checkpoint["action_dim"]),
+        "action_meaning": ACTION_MEANINGS.get(env["name"], [f"a{i}" for i in range(int(checkpoint["action_dim"]))]),
+        "action_range": [-1.0, 1.0],
+        "control_hz": control_hz,
+        "env": env,
+        "algo": checkpoint["algo"],
+        "step": int(checkpoint["step"]),
+        "source_checkpoint": str(checkpoint_path.resolve()),
+        "config": checkpoint["config"],
+    }
+
+
+def export_policy(checkpoint_path: str | Path, out: str | Path, formats: tuple[str, ...] = ("torchscript",)) -> dict[str, Path]:
+    """Write the exported policy file(s); returns the paths written by format."""
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown format(s) {sorted(unknown)}; available: {', '.join(FORMATS)}")
+    checkpoint_path = Path(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path)
+    agent = restore_agent(checkpoint).eval()
+    obs_spec = checkpoint["obs_spec"]
+    obs_keys = sorted(obs_spec)
+    metadata = build_metadata(checkpoint, checkpoint_path, obs_keys)
+    core = PolicyCore(agent, obs_keys).eval().requires_grad_(False)
+    examples = example_inputs(obs_spec, obs_keys)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    with torch.no_grad():
+        traced = torch.jit.trace(core, (examples,), check_trace=False)
+        scripted = torch.jit.script(CheckedPolicy(
+            traced, obs_keys, [list(obs_spec[k]["shape"]) for k in obs_keys], [obs_spec[k]["dtype"] for k in obs_keys]
+        ))
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        torch.jit.save(scripted, str(tmp), _extra_files={"metadata.json": json.dumps(metadata, indent=2)})
+        os.replace(tmp, out)
+        written["torchscript"] = out
+        if "torch_export" in formats:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            program = torch.export.export(core, (examples,), dynamic_shapes=([{0: batch} for _ in examples],))
+            pt2 = out.with_suffix(".pt2")
+            tmp = pt2.with_name(f".{pt2.stem}.{os.getpid()}.tmp.pt2")
+            torch.export.save(program, str(tmp), extra_files={"metadata.json": json.dumps(metadata, indent=2)})
+            os.replace(tmp, pt2)
+            written["torch_export"] = pt2
+    return written
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    extra = {"metadata.json": ""}
+    torch.jit.load(str(path), _extra_files=extra)
+    return json.loads(extra["metadata.json"])
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = "???"
+    out: str = "policy.pt"
+    format: str = "torchscript"  # torchscript | torch_export (writes both .pt and .pt2)
+
+
+ConfigStore.instance().store(name="export_schema", node=ExportConfig)
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "configs"), config_name="export")
+def main(cfg) -> None:
+    config: ExportConfig = OmegaConf.to_object(cfg)
+    formats = ("torchscript",) if config.format == "torchscript" else ("torchscript", config.format)
+    try:
+        written = export_policy(config.checkpoint, config.out, formats)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    for fmt, path in written.items():
+        print(f"wrote {fmt}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import sim
+from policy.checkpoint import load_checkpoint, restore_agent
+from policy.config import DatasetConfig, PretrainConfig
+from policy.export import export_policy, read_metadata
+from policy.pretrain import Workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def trained(small_dataset, tmp_path_factory) -> Path:
+    """A real checkpoint: a few Cal-QL updates on the collector-made dataset."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = PretrainConfig(dataset=DatasetConfig(path=str(small_dataset)), steps=3, eval_every=3, eval_episodes=1,
+                            eval_workers=1, checkpoint_every=3, batch_size=16, log_every=1, calibration_states=8)
+    config.algo.cql_num_actions = config.algo.backup_num_actions = 2
+    workspace = Workspace(config, run_dir)
+    try:
+        workspace.train()
+    finally:
+        workspace.close()
+    return run_dir / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "policy.pt"
+    result = subprocess.run([sys.executable, "-m", "policy.export", f"checkpoint={trained}", f"out={out}", "format=torch_export"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def _inputs(policy, obs: dict, rows=slice(None)) -> list[torch.Tensor]:
+    return [torch.from_numpy(np.ascontiguousarray(obs[k][rows])) for k in policy.obs_keys()]
+
+
+def test_metadata_is_stored_in_the_file(exported, trained):
+    metadata = read_metadata(exported)
+    assert metadata["obs_keys"] == ["agentview_image", "robot0_eef_pos", "robot0_gripper_qpos"]
+    assert metadata["inputs"][0] == {"key": "agentview_image", "shape": ["B", 48, 48, 3], "dtype": "uint8"}
+    assert metadata["action_dim"] == 4 and len(metadata["action_meaning"]) == 4 and metadata["control_hz"] == 10.0
+    assert metadata["source_checkpoint"] == str(trained.resolve()) and metadata["config"]["algo"]["name"] == "calql"
+    policy = torch.jit.load(str(exported))
+    assert policy.input_shapes() == [[48, 48, 3], [3], [2]] and policy.input_dtypes() == ["uint8", "float32", "float32"]
+
+
+def test_exported_matches_eager_on_recorded_observations(exported, trained, small_dataset):
+    agent = restore_agent(load_checkpoint(trained)).eval()
+    policy = torch.jit.load(str(exported))
+    program = torch.export.load(str(exported.with_suffix(".pt2"))).module()
+    with h5py.File(small_dataset) as f:
+        obs = {k: f[f"data/demo_0/obs/{k}"][()] for k in policy.obs_keys()}
+    eager = agent.act(obs)
+    for batch in (slice(0, 1), slice(0, 7), slice(None)):  # the batch dimension is free
+        np.testing.assert_allclose(policy(_inputs(policy, obs, batch)).numpy(), eager[batch], atol=1e-5)
+    np.testing.assert_allclose(program(_inputs(policy, obs)).detach().numpy(), eager, atol=1e-5)
+
+
+def test_exported_policy_reproduces_eager_episodes_in_the_sim(exported, trained):
+    agent = restore_agent(load_checkpoint(trained)).eval()
+    policy = torch.jit.load(str(exported))
+    env = sim.make_env("pickplace", horizon=15)
+    try:
+        for seed in (0, 1):
+            outcomes = []
+            for act in (lambda o: agent.act({k: o[k][None] for k in o})[0],
+                        lambda o: policy([torch.from_numpy(o[k])[None] for k in policy.obs_keys()])[0].numpy()):
+                obs, _ = env.reset(seed=seed)
+                actions, done = [], False
+                while not done:
+                    actions.append(act({k: obs[k] for k in policy.obs_keys()}))
+                    obs, _, terminated, truncated, info = env.step(actions[-1])
+                    done = terminated or truncated
+                outcomes.append((np.array(actions), info["is_success"]))
+            np.testing.assert_allclose(outcomes[0][0], outcomes[1][0], atol=1e-5)
+            assert outcomes[0][1] == outcomes[1][1]
+    finally:
+        env.close()
+
+
+def test_control_loop_example_runs_with_torch_jit_only(exported):
+    result = subprocess.run([sys.executable, "examples/control_loop.py", str(exported), "--episodes", "1", "--no-realtime"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"episode 0: (success|failure) after \d+ steps", result.stdout)
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ([torch.zeros(1, 48, 48, 3), torch.zeros(1, 3), torch.zeros(1, 2)], "input agentview_image: expected dtype uint8, got float32"),
+        ([torch.zeros(1, 64, 64, 3, dtype=torch.uint8), torch.zeros(1, 3), torch.zeros(1, 2)],
+         "input agentview_image: expected shape [B, 48, 48, 3], got [1, 64, 64, 3]"),
+        ([torch.zeros(1, 48, 48, 3, dtype=torch.uint8), torch.zeros(1, 3, dtype=torch.float64), torch.zeros(1, 2)],
+         "input robot0_eef_pos: expected dtype float32, got float64"),
+        ([torch.zeros(2, 48, 48, 3, dtype=torch.uint8), torch.zeros(1, 3), torch.zeros(2, 2)], "input robot0_eef_pos: batch size 1 differs from 2"),
+        ([torch.zeros(1, 3)], "expected 3 observation tensors"),
+    ],
+)
+def test_bad_inputs_name_the_input(exported, inputs, message):
+    policy = torch.jit.load(str(exported))
+    with pytest.raises(Exception) as error:
+        policy(inputs)
+    assert message in str(error.value)
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    for args, message in (
+        ([f"checkpoint={tmp_path / 'none.pt'}"], "error: checkpoint not found"),
+        ([f"checkpoint={tmp_path / 'corrupt.pt'}"], "not a readable checkpoint"),
+    ):
+        (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
+        result = subprocess.run([sys.executable, "-m", "policy.export", *args, f"out={tmp_path / 'p.pt'}"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "p.pt").exists()
+    with pytest.raises(ValueError, match="unknown format"):
+        export_policy(tmp_path / "corrupt.pt", tmp_path / "p.pt", ("onnx",))
+
+
+@pytest.mark.skipif(shutil.which("c++") is None or shutil.which("cmake") is None, reason="no C++ compiler or CMake")
+def test_cpp_example_builds_and_matches_python(exported, tmp_path):
+    build = tmp_path / "build"
+    prefix = torch.utils.cmake_prefix_path
+    subprocess.run(["cmake", "-S", str(ROOT / "examples/cpp"), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}"],
+                   check=True, capture_output=True, timeout=300)
+    subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True, timeout=600)
+    result = subprocess.run([str(build / "run_policy"), str(exported)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    cpp_action = np.array([float(v) for v in result.stdout.split("action")[1].split()])
+    policy = torch.jit.load(str(exported))
+    zeros = [torch.zeros(1, 48, 48, 3, dtype=torch.uint8), torch.zeros(1, 3), torch.zeros(1, 2)]
+    np.testing.assert_allclose(cpp_action, policy(zeros)[0].numpy(), atol=1e-5)
