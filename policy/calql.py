@@ -1,5 +1,8 @@
 """Cal-QL: CQL whose conservative penalty is bounded below by Monte-Carlo returns.
 
+This file is the SAC family the baselines share: ``algo=calql`` (the default), ``algo=cql``
+(no MC bound) and ``algo=sac`` (no conservative penalty, entropy in the backup: online SAC).
+
 Nakamoto et al., "Cal-QL: Calibrated Offline RL Pre-Training for Efficient Online
 Fine-Tuning" (NeurIPS 2023). The only change to CQL: inside the CQL regulariser, Q-values of
 actions sampled from the current policy (at s and at s') are replaced by
@@ -39,12 +42,14 @@ class CalQLConfig:
     alpha_lr: float = 1e-4
     tau: float = 5e-3
     hidden_dim: int = 256
+    conservative: bool = True  # the CQL regulariser; False is SAC
     cql_alpha: float = 5.0
     cql_num_actions: int = 10
     cql_temperature: float = 1.0
     cql_lagrange: bool = False  # adapt alpha so the CQL gap approaches cql_target_action_gap
     cql_target_action_gap: float = 0.8
     backup_num_actions: int = 10  # max target backup over this many policy samples; 1 = plain
+    entropy_backup: bool = False  # subtract alpha * logpi(a'|s') in the TD target (SAC)
     init_entropy_alpha: float = 1.0
     # Behaviour-cloning warm start of the actor for the first bc_steps updates (CQL's
     # "policy_eval_start"): the actor loss is alpha * logpi(a~pi) - logpi(a_data).
@@ -140,7 +145,7 @@ class CalQLAgent(nn.Module):
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor = TanhGaussianActor(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.log_entropy_alpha = nn.Parameter(torch.tensor(math.log(config.init_entropy_alpha)))
-        self.log_cql_alpha = nn.Parameter(torch.tensor(math.log(config.cql_alpha)))
+        self.log_cql_alpha = nn.Parameter(torch.tensor(math.log(max(config.cql_alpha, 1e-8))))
         self.to(self.device)
         self.critic_optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
@@ -181,37 +186,46 @@ class CalQLAgent(nn.Module):
         with torch.no_grad():
             next_features = self.encoder(next_obs, augment=True)
             next_mean, next_log_std = self.actor(next_features)
-            backup_actions, _ = sample_tanh_gaussian(next_mean, next_log_std, cfg.backup_num_actions)
-            target_q = self.target_critic(next_features, backup_actions).min(dim=0).values.max(dim=1).values
+            backup_actions, backup_logp = sample_tanh_gaussian(next_mean, next_log_std, cfg.backup_num_actions)
+            backup_q = self.target_critic(next_features, backup_actions).min(dim=0).values
+            if cfg.entropy_backup:
+                backup_q = backup_q - self.log_entropy_alpha.exp() * backup_logp
+            target_q = backup_q.max(dim=1).values
             td_target = rewards + cfg.gamma * (1.0 - terminals) * target_q
-            random_actions = torch.empty(batch_size, n, self.action_dim, device=self.device).uniform_(-1.0, 1.0)
-            current_actions, logp_current = sample_tanh_gaussian(*self.actor(features.detach()), n)
-            next_actions, logp_next = sample_tanh_gaussian(next_mean, next_log_std, n)
 
-        all_actions = torch.cat([actions.unsqueeze(1), random_actions, current_actions, next_actions], dim=1)
-        q_all = self.critic(features, all_actions)  # (C, B, 1 + 3n)
-        q_data = q_all[:, :, 0]
-        q_random, q_current, q_next = q_all[:, :, 1:].split(n, dim=-1)
-        loss_td, metrics = td_loss(q_data, td_target)
-        gap, cql_metrics = cql_penalty(
-            q_data, q_random, q_current, q_next, logp_current, logp_next,
-            mc_returns if cfg.calibrated else None, self.action_dim, cfg.cql_temperature,
-        )
-        metrics.update(cql_metrics)
-        if cfg.cql_lagrange:
-            cql_alpha = self.log_cql_alpha.detach().exp().clamp(0.0, 1e6)
-            penalty = (cql_alpha * (gap - cfg.cql_target_action_gap)).sum()
+        if not cfg.conservative:
+            q_data = self.critic(features, actions.unsqueeze(1))[:, :, 0]
+            critic_loss, metrics = td_loss(q_data, td_target)
+            penalty, cql_alpha = torch.zeros(()), torch.zeros(())
         else:
-            cql_alpha = torch.tensor(cfg.cql_alpha)
-            penalty = cfg.cql_alpha * gap.sum()
-        critic_loss = loss_td + penalty
+            with torch.no_grad():
+                random_actions = torch.empty(batch_size, n, self.action_dim, device=self.device).uniform_(-1.0, 1.0)
+                current_actions, logp_current = sample_tanh_gaussian(*self.actor(features.detach()), n)
+                next_actions, logp_next = sample_tanh_gaussian(next_mean, next_log_std, n)
+            all_actions = torch.cat([actions.unsqueeze(1), random_actions, current_actions, next_actions], dim=1)
+            q_all = self.critic(features, all_actions)  # (C, B, 1 + 3n)
+            q_data = q_all[:, :, 0]
+            q_random, q_current, q_next = q_all[:, :, 1:].split(n, dim=-1)
+            loss_td, metrics = td_loss(q_data, td_target)
+            gap, cql_metrics = cql_penalty(
+                q_data, q_random, q_current, q_next, logp_current, logp_next,
+                mc_returns if cfg.calibrated else None, self.action_dim, cfg.cql_temperature,
+            )
+            metrics.update(cql_metrics)
+            if cfg.cql_lagrange:
+                cql_alpha = self.log_cql_alpha.detach().exp().clamp(0.0, 1e6)
+                penalty = (cql_alpha * (gap - cfg.cql_target_action_gap)).sum()
+            else:
+                cql_alpha = torch.tensor(cfg.cql_alpha)
+                penalty = cfg.cql_alpha * gap.sum()
+            critic_loss = loss_td + penalty
         self._check_finite(critic_loss, "critic_loss")
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         metrics["critic_grad_norm"] = _grad_norm(self.critic.parameters())
         metrics["encoder_grad_norm"] = _grad_norm(self.encoder.parameters())
         self.critic_optimizer.step()
-        if cfg.cql_lagrange:
+        if cfg.conservative and cfg.cql_lagrange:
             cql_alpha_loss = -(self.log_cql_alpha.exp() * (gap.detach() - cfg.cql_target_action_gap)).sum()
             self.cql_alpha_optimizer.zero_grad(set_to_none=True)
             cql_alpha_loss.backward()

@@ -70,7 +70,7 @@ def restore_agent(checkpoint: dict[str, Any], device: str | torch.device = "cpu"
     from policy.calql import CalQLAgent, CalQLConfig
 
     config = checkpoint["config"]
-    if checkpoint["algo"] not in ("calql", "cql"):
+    if checkpoint["algo"] not in ("calql", "cql", "sac"):
         raise ValueError(f"checkpoint of algo {checkpoint['algo']!r}: no agent of that name here")
     agent = CalQLAgent(
         checkpoint["obs_spec"], int(checkpoint["action_dim"]),

@@ -50,3 +50,32 @@ class PretrainConfig:
 
 
 ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)
+
+
+@dataclass
+class FinetuneConfig:
+    checkpoint: Optional[str] = None  # pretrained checkpoint; null: train `algo` from scratch
+    algo: CalQLConfig = field(default_factory=CalQLConfig)  # from scratch only
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # from scratch only
+    env: EnvConfig = field(default_factory=EnvConfig)  # kwargs override the checkpoint's env
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # offline data for mixed batches
+    offline_data: bool = True  # mix offline transitions into every batch
+    env_steps: int = 10000
+    num_envs: int = 2
+    utd: float = 1.0  # gradient updates per env step, applied when an episode ends
+    mixing_ratio: float = 0.5  # share of each batch drawn from the offline data
+    batch_size: int = 256
+    eval_every: int = 2000  # env steps
+    eval_episodes: int = 10
+    eval_workers: int = 2
+    eval_seed: int = 100000
+    video: bool = True  # an mp4 of one evaluation episode at each evaluation
+    checkpoint_every: int = 2000  # env steps
+    resume: bool = False  # continue from <run dir>/checkpoint.pt
+    log_every: int = 100  # updates
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+
+
+ConfigStore.instance().store(name="finetune_schema", node=FinetuneConfig)

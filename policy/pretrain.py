@@ -37,7 +37,7 @@ from policy.logger import MetricLogger  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
-ALGOS = ("calql", "cql")
+ALGOS = ("calql", "cql", "sac")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,15 +64,16 @@ def dataset_path(cfg: PretrainConfig) -> Path:
     return path
 
 
-def check_obs_spec(obs_spec: ObsSpec, observation_space, env_name: str) -> None:
-    """Every dataset key must exist in the env with the same shape."""
+def check_obs_spec(obs_spec: ObsSpec, observation_space, env_name: str, source: str = "dataset") -> None:
+    """Every key of ``obs_spec`` (from the dataset or a checkpoint) must exist in the env with
+    the same shape."""
     for key, spec in obs_spec.items():
         if key not in observation_space.spaces:
             raise ValueError(f"observation key {key!r} is not produced by env {env_name!r} (it has {sorted(observation_space.spaces)})")
         env_shape = list(observation_space[key].shape)
         if env_shape != list(spec["shape"]):
             kind = "image size" if is_image(spec) else "shape"
-            raise ValueError(f"{kind} mismatch for {key!r}: dataset {spec['shape']}, env {env_name!r} {env_shape}")
+            raise ValueError(f"{kind} mismatch for {key!r}: {source} {spec['shape']}, env {env_name!r} {env_shape}")
 
 
 class Workspace:

@@ -51,8 +51,11 @@ def make_env(name: str, **kwargs: Any) -> gym.Env:
     return TASKS[name](**kwargs)
 
 
-def make_vector_env(name: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of a task in worker processes.
+def make_vector_env(
+    name: str, num_envs: int, *, fault_tolerant: bool = False, autoreset_mode: str = "NextStep", **kwargs: Any
+) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of a task in worker processes; ``fault_tolerant`` wraps each in
+    :class:`sim.faults.FaultTolerantEnv`.
 
     Workers are spawned, not forked: a forked child inherits the parent's GL state, which
     deadlocks EGL once the parent has rendered. Each worker creates its own context lazily.
@@ -60,7 +63,15 @@ def make_vector_env(name: str, num_envs: int, **kwargs: Any) -> gym.vector.Vecto
     if num_envs < 1:
         raise ValueError(f"num_envs must be positive, got {num_envs}")
     make_env(name, **kwargs).close()  # fail here, in the caller, on a bad name or argument
-    return gym.vector.AsyncVectorEnv([lambda: make_env(name, **kwargs) for _ in range(num_envs)], context="spawn")
+    def make() -> gym.Env:
+        env = make_env(name, **kwargs)
+        if fault_tolerant:
+            from sim.faults import FaultTolerantEnv
+
+            env = FaultTolerantEnv(env)
+        return env
+
+    return gym.vector.AsyncVectorEnv([make] * num_envs, context="spawn", autoreset_mode=autoreset_mode)
 
 
 for _name in TASKS:

@@ -1,4 +1,3 @@
-import json
 import re
 import shutil
 import subprocess
@@ -12,26 +11,9 @@ import torch
 
 import sim
 from policy.checkpoint import load_checkpoint, restore_agent
-from policy.config import DatasetConfig, PretrainConfig
 from policy.export import export_policy, read_metadata
-from policy.pretrain import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def trained(small_dataset, tmp_path_factory) -> Path:
-    """A real checkpoint: a few Cal-QL updates on the collector-made dataset."""
-    run_dir = tmp_path_factory.mktemp("run")
-    config = PretrainConfig(dataset=DatasetConfig(path=str(small_dataset)), steps=3, eval_every=3, eval_episodes=1,
-                            eval_workers=1, checkpoint_every=3, batch_size=16, log_every=1, calibration_states=8)
-    config.algo.cql_num_actions = config.algo.backup_num_actions = 2
-    workspace = Workspace(config, run_dir)
-    try:
-        workspace.train()
-    finally:
-        workspace.close()
-    return run_dir / "checkpoint.pt"
 
 
 @pytest.fixture(scope="module")

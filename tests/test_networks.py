@@ -1,6 +1,7 @@
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from datasets.replay import obs_spec_of
@@ -99,3 +100,13 @@ def test_behaviour_cloning_warm_start_then_sac():
     first, second = agent.update(batch), agent.update(batch)
     assert "bc_log_prob" in first and "q_policy" not in first
     assert "q_policy" in second and "bc_log_prob" not in second
+
+
+def test_sac_skips_the_penalty_and_backs_up_entropy():
+    torch.manual_seed(0)
+    batch = _batch(np.random.default_rng(3))
+    config = CalQLConfig(name="sac", conservative=False, calibrated=False, backup_num_actions=1, entropy_backup=True, hidden_dim=16)
+    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
+    metrics = agent.update(batch)
+    assert metrics["cql_loss"] == 0.0 and "cql_gap" not in metrics and "bound_rate" not in metrics
+    assert np.isfinite(metrics["critic_loss"]) and metrics["critic_loss"] == pytest.approx(2 * metrics["td_loss"])

@@ -1,0 +1,340 @@
+"""Online fine-tuning in simulation: ``python -m policy.finetune checkpoint=PATH env_steps=N``.
+
+The Workspace loads a pretrained checkpoint (or builds ``algo`` from scratch: SAC by
+default), rebuilds its env, and collects episodes with ``num_envs`` parallel sim workers.
+Every finished episode gets its Monte-Carlo returns and enters the online buffer; then
+``len(episode) * utd`` gradient updates follow, each on a batch that mixes offline and
+online transitions by ``mixing_ratio``. Cal-QL keeps its calibration on. Every
+``eval_every`` env steps the deterministic policy is evaluated (success rate, return,
+length, cumulative regret) and one episode is recorded as mp4. Checkpoints hold the online
+buffer, so ``resume=true`` continues a killed run; episodes in progress at the kill are lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import hydra  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import sim  # noqa: E402
+from datasets.offline import load_replay  # noqa: E402
+from datasets.replay import ReplayBuffer, TRANSITION_KEYS  # noqa: E402
+from datasets.returns import episode_mc_returns, transform_rewards  # noqa: E402
+from policy.calql import CalQLAgent, NonFiniteLossError  # noqa: E402
+from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
+from policy.config import FinetuneConfig  # noqa: E402
+from policy.evaluation import Evaluator  # noqa: E402
+from policy.logger import MetricLogger  # noqa: E402
+from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path, resolve_device  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def mixed_batch(offline: ReplayBuffer | None, online: ReplayBuffer, batch_size: int, ratio: float,
+                rng: np.random.Generator) -> dict[str, Any]:
+    """``round(ratio * batch_size)`` offline transitions and the rest online (all from
+    whichever buffer has data while the other is empty)."""
+    num_offline = round(ratio * batch_size) if offline is not None and len(online) else (batch_size if offline is not None else 0)
+    parts = [buffer.sample(n, rng) for buffer, n in ((offline, num_offline), (online, batch_size - num_offline)) if n]
+    if len(parts) == 1:
+        return parts[0]
+    return {
+        key: ({k: np.concatenate([p[key][k] for p in parts]) for k in parts[0][key]} if isinstance(parts[0][key], dict)
+              else np.concatenate([p[key] for p in parts]))
+        for key in parts[0]
+    }
+
+
+def buffer_state(buffer: ReplayBuffer) -> dict[str, Any]:
+    """The filled part of a replay buffer as tensors (for weights-only checkpoints)."""
+    n, f = buffer.size, buffer.num_frames
+    return {
+        "size": n, "num_frames": f, "num_episodes": buffer.num_episodes,
+        "frames": {k: torch.from_numpy(v[:f].copy()) for k, v in buffer.frames.items()},
+        "lowdim": {k: torch.from_numpy(v[:n].copy()) for k, v in buffer.lowdim.items()},
+        "next_lowdim": {k: torch.from_numpy(v[:n].copy()) for k, v in buffer.next_lowdim.items()},
+        "obs_frame": torch.from_numpy(buffer.obs_frame[:n].copy()),
+        "next_frame": torch.from_numpy(buffer.next_frame[:n].copy()),
+        "data": {k: torch.from_numpy(v[:n].copy()) for k, v in buffer.data.items()},
+    }
+
+
+def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
+    n, f = int(state["size"]), int(state["num_frames"])
+    for k in buffer.frames:
+        buffer.frames[k][:f] = state["frames"][k].numpy()
+    for k in buffer.lowdim:
+        buffer.lowdim[k][:n] = state["lowdim"][k].numpy()
+        buffer.next_lowdim[k][:n] = state["next_lowdim"][k].numpy()
+    buffer.obs_frame[:n] = state["obs_frame"].numpy()
+    buffer.next_frame[:n] = state["next_frame"].numpy()
+    for k in buffer.data:
+        buffer.data[k][:n] = state["data"][k].numpy()
+    buffer.size, buffer.num_frames, buffer.num_episodes = n, f, int(state["num_episodes"])
+
+
+class Workspace:
+    def __init__(self, cfg: FinetuneConfig, run_dir: Path) -> None:
+        for name in ("env_steps", "num_envs", "batch_size", "eval_every", "eval_episodes", "eval_workers", "checkpoint_every", "log_every"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+        if not 0.0 <= cfg.mixing_ratio <= 1.0:
+            raise ValueError(f"mixing_ratio must be in [0, 1], got {cfg.mixing_ratio}")
+        if cfg.utd <= 0:
+            raise ValueError(f"utd must be positive, got {cfg.utd}")
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device = resolve_device(cfg.device)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        resume_path = run_dir / "checkpoint.pt"
+        if cfg.resume and not resume_path.is_file():
+            raise FileNotFoundError(f"resume=true but there is no checkpoint to resume: {resume_path}")
+        resumed = load_checkpoint(resume_path, self.device) if cfg.resume else None
+
+        # The agent: pretrained, or from scratch. Everything is checked before any work.
+        source = resumed or (load_checkpoint(cfg.checkpoint, self.device) if cfg.checkpoint else None)
+        if source is not None:
+            self.agent: CalQLAgent = restore_agent(source, self.device)
+            self.env_name = source["env"]["name"]
+            self.env_kwargs = {**source["env"]["kwargs"], **cfg.env.kwargs}
+            self.obs_spec, self.algo = source["obs_spec"], source["algo"]
+            offline_path = cfg.dataset.path or source.get("dataset")
+            self.pretrain_config = source["config"]
+        else:
+            self.env_name, self.env_kwargs = cfg.env.name, dict(cfg.env.kwargs)
+            self.algo, offline_path, self.pretrain_config = cfg.algo.name, None, None
+        probe = sim.make_env(self.env_name, **self.env_kwargs)
+        action_dim = probe.action_space.shape[0]
+        if source is None:
+            self.obs_spec = {k: {"shape": list(probe.observation_space[k].shape), "dtype": str(probe.observation_space[k].dtype)}
+                             for k in cfg.dataset.obs_keys if k in probe.observation_space.spaces}
+            missing = sorted(set(cfg.dataset.obs_keys) - set(self.obs_spec))
+            if missing:
+                raise ValueError(f"observation key(s) {missing} are not produced by env {self.env_name!r}")
+            self.agent = CalQLAgent(self.obs_spec, action_dim, cfg.algo, cfg.encoder, self.device)
+        check_obs_spec(self.obs_spec, probe.observation_space, self.env_name, "checkpoint")
+        if action_dim != self.agent.action_dim:
+            raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
+        probe.close()
+        gamma, reward = self.agent.config.gamma, cfg.dataset.reward
+        self.reward = reward
+
+        self.offline: ReplayBuffer | None = None
+        if cfg.offline_data and cfg.mixing_ratio > 0:
+            if offline_path is None:
+                offline_path = str(dataset_path_for(cfg))
+            self.offline_path = str(offline_path)
+            self.offline, _ = load_replay(offline_path, sorted(self.obs_spec), gamma, reward, cfg.dataset.filter_key, cfg.dataset.terminals)
+            if self.offline.obs_spec != self.obs_spec:
+                raise ValueError(f"offline data {offline_path} has observations {self.offline.obs_spec}, "
+                                 f"the agent expects {self.obs_spec}")
+        capacity = cfg.env_steps + cfg.num_envs * 1000  # a kill may redo up to one episode per env
+        self.online = ReplayBuffer(self.obs_spec, action_dim, capacity, 2 * capacity)
+        log.info("online buffer: capacity %d transitions, %.1f MB", capacity, self.online.nbytes / 2**20)
+
+        self.env_steps = self.updates = self.episodes = self.faults = 0
+        self.eval_history: list[list[float]] = []  # (env_steps, success_rate)
+        if resumed is not None:
+            load_buffer_state(self.online, resumed["online_buffer"])
+            counters = resumed["counters"]
+            self.env_steps, self.updates = int(counters["env_steps"]), int(counters["updates"])
+            self.episodes, self.faults = int(counters["episodes"]), int(counters["faults"])
+            self.eval_history = [list(row) for row in resumed["eval_history"]]
+            restore_rng_state(resumed["rng"], self.rng)
+            log.info("resumed from env step %d (%d updates)", self.env_steps, self.updates)
+            print(f"resumed from env step {self.env_steps}", flush=True)
+        self.logger = MetricLogger(run_dir)
+        self.evaluator = Evaluator(self.env_name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+
+    # ------------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        save_checkpoint(self.run_dir / "checkpoint.pt", {
+            "algo": self.algo,
+            "config": self.pretrain_config or {"algo": OmegaConf.to_container(OmegaConf.structured(self.cfg.algo)),
+                                               "encoder": OmegaConf.to_container(OmegaConf.structured(self.cfg.encoder))},
+            "finetune_config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
+            "obs_spec": self.obs_spec,
+            "action_dim": self.agent.action_dim,
+            "env": {"name": self.env_name, "kwargs": self.env_kwargs},
+            "dataset": getattr(self, "offline_path", None),
+            "agent": self.agent.training_state(),
+            "step": self.updates,
+            "counters": {"env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes, "faults": self.faults},
+            "eval_history": self.eval_history,
+            "online_buffer": buffer_state(self.online),
+            "rng": rng_state(self.rng),
+        })
+
+    # ------------------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, float]:
+        self.agent.eval()
+        metrics = self.evaluator.run(lambda obs: self.agent.act(obs), self.cfg.eval_episodes)
+        self.eval_history.append([float(self.env_steps), metrics["success_rate"]])
+        metrics["cumulative_regret"] = float(np.mean([1.0 - s for _, s in self.eval_history]))
+        if self.cfg.video:
+            self.record_video(self.run_dir / "videos" / f"eval_{self.env_steps:08d}.mp4")
+        self.agent.train()
+        return metrics
+
+    def record_video(self, path: Path) -> None:
+        import imageio
+
+        env = sim.make_env(self.env_name, **self.env_kwargs)
+        try:
+            obs, _ = env.reset(seed=self.cfg.eval_seed)
+            frames, done = [env.render()], False
+            while not done:
+                obs, _, terminated, truncated, _ = env.step(self.agent.act({k: obs[k][None] for k in self.obs_spec})[0])
+                frames.append(env.render())
+                done = terminated or truncated
+        finally:
+            env.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fps = float(self.env_kwargs.get("control_hz", env.metadata.get("render_fps", 10)))
+        imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
+
+    # ------------------------------------------------------------------------------- loop
+    def train(self) -> dict[str, float]:
+        cfg = self.cfg
+        envs = sim.make_vector_env(self.env_name, cfg.num_envs, fault_tolerant=True, autoreset_mode="SameStep", **self.env_kwargs)
+        keys = sorted(self.obs_spec)
+        episodes: list[dict[str, list]] = [self._empty_episode() for _ in range(cfg.num_envs)]
+        obs, _ = envs.reset(seed=[int(s) for s in self.rng.integers(2**31, size=cfg.num_envs)])
+        updates_due, window = 0.0, {}
+        sim_time = learn_time = 0.0
+        next_eval = (self.env_steps // cfg.eval_every + 1) * cfg.eval_every
+        next_checkpoint = (self.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        last_eval: dict[str, float] = {}
+        bar = tqdm(total=cfg.env_steps, initial=self.env_steps, desc=f"finetune {self.algo}", unit="step", dynamic_ncols=True)
+        try:
+            while self.env_steps < cfg.env_steps:
+                actions = self.agent.act({k: obs[k] for k in keys}, deterministic=False)
+                start = time.perf_counter()
+                next_obs, rewards, terminated, truncated, info = envs.step(actions)
+                sim_time += time.perf_counter() - start
+                done = terminated | truncated
+                for i in range(cfg.num_envs):
+                    # with same-step autoreset a finished env already shows its reset observation
+                    following = info["final_obs"][i] if done[i] else {k: next_obs[k][i] for k in keys}
+                    episode = episodes[i]
+                    episode["obs"].append({k: obs[k][i] for k in keys})
+                    episode["next_obs"].append({k: following[k] for k in keys})
+                    episode["actions"].append(actions[i])
+                    episode["rewards"].append(rewards[i])
+                    episode["terminals"].append(bool(terminated[i]))
+                    if done[i]:
+                        final_info = info["final_info"]
+                        fault = bool(final_info.get("sim_fault", np.zeros(cfg.num_envs, bool))[i])
+                        updates_due += self._finish_episode(episode, bool(final_info["is_success"][i]), fault)
+                        episodes[i] = self._empty_episode()
+                self.env_steps += cfg.num_envs
+                bar.update(cfg.num_envs)
+                obs = next_obs
+
+                start = time.perf_counter()
+                while updates_due >= 1.0:
+                    batch = mixed_batch(self.offline, self.online, cfg.batch_size, cfg.mixing_ratio, self.rng)
+                    for key, value in self.agent.update(batch).items():
+                        window.setdefault(key, []).append(value)
+                    self.updates += 1
+                    updates_due -= 1.0
+                    if self.updates % cfg.log_every == 0:
+                        averaged = {k: float(np.mean(v)) for k, v in window.items()}
+                        averaged.update(env_steps=self.env_steps, episodes=self.episodes, sim_faults=self.faults,
+                                        sim_seconds=sim_time, learn_seconds=learn_time + time.perf_counter() - start)
+                        self.logger.log("train", self.updates, averaged)
+                        window.clear()
+                learn_time += time.perf_counter() - start
+
+                if self.env_steps >= next_eval or self.env_steps >= cfg.env_steps:
+                    next_eval += cfg.eval_every
+                    last_eval = self.evaluate()
+                    self.logger.log("eval", self.env_steps, {**last_eval, "updates": self.updates, "sim_faults": self.faults})
+                    bar.set_postfix(success=f"{last_eval['success_rate']:.2f}", regret=f"{last_eval['cumulative_regret']:.2f}")
+                    tqdm.write(f"env step {self.env_steps}: success {last_eval['success_rate']:.2f}, "
+                               f"cumulative regret {last_eval['cumulative_regret']:.2f}")
+                if self.env_steps >= next_checkpoint or self.env_steps >= cfg.env_steps:
+                    next_checkpoint += cfg.checkpoint_every
+                    self.save()
+        finally:
+            bar.close()
+            envs.close()
+        total = sim_time + learn_time
+        log.info("time: simulation %.1f s, learning %.1f s (%.0f%% learning)", sim_time, learn_time, 100 * learn_time / max(total, 1e-9))
+        return {**last_eval, "sim_seconds": sim_time, "learn_seconds": learn_time}
+
+    @staticmethod
+    def _empty_episode() -> dict[str, list]:
+        return {"obs": [], "next_obs": [], "actions": [], "rewards": [], "terminals": []}
+
+    def _finish_episode(self, episode: dict[str, list], success: bool, fault: bool) -> float:
+        """MC returns, then into the online buffer; returns the gradient updates it earns."""
+        keys = sorted(self.obs_spec)
+        raw = np.asarray(episode["rewards"], dtype=np.float32)
+        terminals = np.asarray(episode["terminals"], dtype=bool)
+        timeouts = np.zeros(len(raw), bool)
+        timeouts[-1] = not terminals[-1]
+        gamma = self.agent.config.gamma
+        self.online.add_episode(
+            {k: np.stack([o[k] for o in episode["obs"]]) for k in keys},
+            {k: np.stack([o[k] for o in episode["next_obs"]]) for k in keys},
+            actions=np.asarray(episode["actions"], dtype=np.float32),
+            rewards=transform_rewards(raw, self.reward.scale, self.reward.bias),
+            terminals=terminals, timeouts=timeouts,
+            mc_returns=episode_mc_returns(raw, terminals, gamma, self.reward.scale, self.reward.bias, self.reward.sparse),
+        )
+        self.episodes += 1
+        self.faults += int(fault)
+        self.logger.log("episodes", self.env_steps, {"return": float(raw.sum()), "length": len(raw),
+                                                     "success": float(success), "sim_fault": float(fault)})
+        return len(raw) * self.cfg.utd
+
+    def close(self) -> None:
+        self.evaluator.close()
+        self.logger.close()
+
+
+def dataset_path_for(cfg: FinetuneConfig) -> Path:
+    from policy.config import PretrainConfig
+
+    return dataset_path(PretrainConfig(dataset=cfg.dataset))
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "configs"), config_name="finetune")
+def main(cfg) -> None:
+    config: FinetuneConfig = OmegaConf.to_object(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    workspace = None
+    try:
+        workspace = Workspace(config, run_dir)
+        final = workspace.train()
+    except NonFiniteLossError as error:
+        print(f"error: training stopped: {error}; last good checkpoint: {run_dir / 'checkpoint.pt'}", file=sys.stderr)
+        sys.exit(1)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if workspace is not None:
+            workspace.close()
+    print(f"done: {run_dir / 'checkpoint.pt'}; final success rate {final.get('success_rate', float('nan')):.2f}, "
+          f"simulation {final['sim_seconds']:.0f} s, learning {final['learn_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
