@@ -93,7 +93,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(small_dataset, tmp_
 
 
 def test_missing_default_dataset_is_generated_first(tmp_path, monkeypatch):
-    import functools
+    import dataclasses
 
     import sim.collect
     from policy.pretrain import dataset_path
@@ -101,7 +101,8 @@ def test_missing_default_dataset_is_generated_first(tmp_path, monkeypatch):
     target = tmp_path / "data" / "pickplace.hdf5"
     monkeypatch.setitem(sim.collect.DEFAULT_DATASETS, "pickplace", target)
     # the real collector, made small: 4 episodes in one worker
-    monkeypatch.setattr(sim.collect, "CollectConfig", functools.partial(sim.collect.CollectConfig, episodes=4, workers=1))
+    real_collect = sim.collect.collect
+    monkeypatch.setattr(sim.collect, "collect", lambda config: real_collect(dataclasses.replace(config, episodes=4, workers=1)))
     assert dataset_path(PretrainConfig()) == target
     assert target.is_file()
     with pytest.raises(ValueError, match="has no default file"):
