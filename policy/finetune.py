@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,14 @@ from tqdm import tqdm  # noqa: E402
 
 import sim  # noqa: E402
 from datasets.offline import load_replay  # noqa: E402
-from datasets.replay import ReplayBuffer, TRANSITION_KEYS  # noqa: E402
+from datasets.replay import ReplayBuffer  # noqa: E402
 from datasets.returns import episode_mc_returns, transform_rewards  # noqa: E402
-from policy.calql import CalQLAgent, NonFiniteLossError  # noqa: E402
+from policy.calql import CalQLAgent  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import FinetuneConfig  # noqa: E402
 from policy.evaluation import Evaluator  # noqa: E402
 from policy.logger import MetricLogger  # noqa: E402
+from policy.run import run_workspace  # noqa: E402
 from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path, resolve_device  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class Workspace:
         self.offline: ReplayBuffer | None = None
         if cfg.offline_data and cfg.mixing_ratio > 0:
             if offline_path is None:
-                offline_path = str(dataset_path_for(cfg))
+                offline_path = str(dataset_path(cfg.dataset))
             self.offline_path = str(offline_path)
             self.offline, _ = load_replay(offline_path, sorted(self.obs_spec), gamma, reward, cfg.dataset.filter_key, cfg.dataset.terminals)
             if self.offline.obs_spec != self.obs_spec:
@@ -309,29 +309,11 @@ class Workspace:
         self.logger.close()
 
 
-def dataset_path_for(cfg: FinetuneConfig) -> Path:
-    from policy.config import PretrainConfig
-
-    return dataset_path(PretrainConfig(dataset=cfg.dataset))
-
-
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "configs"), config_name="finetune")
 def main(cfg) -> None:
     config: FinetuneConfig = OmegaConf.to_object(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    workspace = None
-    try:
-        workspace = Workspace(config, run_dir)
-        final = workspace.train()
-    except NonFiniteLossError as error:
-        print(f"error: training stopped: {error}; last good checkpoint: {run_dir / 'checkpoint.pt'}", file=sys.stderr)
-        sys.exit(1)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if workspace is not None:
-            workspace.close()
+    final = run_workspace(lambda: Workspace(config, run_dir), run_dir)
     print(f"done: {run_dir / 'checkpoint.pt'}; final success rate {final.get('success_rate', float('nan')):.2f}, "
           f"simulation {final['sim_seconds']:.0f} s, learning {final['learn_seconds']:.0f} s")
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +27,12 @@ import sim  # noqa: E402
 from datasets.offline import load_replay  # noqa: E402
 from datasets.replay import ObsSpec, ReplayBuffer, is_image  # noqa: E402
 from datasets.robomimic_hdf5 import read_env_args  # noqa: E402
-from policy.calql import CalQLAgent, NonFiniteLossError  # noqa: E402
+from policy.calql import CalQLAgent  # noqa: E402
 from policy.checkpoint import rng_state, save_checkpoint  # noqa: E402
-from policy.config import PretrainConfig  # noqa: E402
+from policy.config import DatasetConfig, PretrainConfig  # noqa: E402
 from policy.evaluation import Evaluator  # noqa: E402
 from policy.logger import MetricLogger  # noqa: E402
+from policy.run import run_workspace  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
@@ -46,21 +45,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def dataset_path(cfg: PretrainConfig) -> Path:
+def dataset_path(dataset: DatasetConfig) -> Path:
     """The dataset file; the default dataset is generated on first use."""
     from sim.collect import DEFAULT_DATASETS, CollectConfig, collect
 
-    if cfg.dataset.path:
-        path = Path(cfg.dataset.path).expanduser()
+    if dataset.path:
+        path = Path(dataset.path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"dataset file not found: {path}")
         return path
-    if cfg.dataset.name not in DEFAULT_DATASETS:
-        raise ValueError(f"dataset {cfg.dataset.name!r} has no default file; set dataset.path")
-    path = DEFAULT_DATASETS[cfg.dataset.name]
+    if dataset.name not in DEFAULT_DATASETS:
+        raise ValueError(f"dataset {dataset.name!r} has no default file; set dataset.path")
+    path = DEFAULT_DATASETS[dataset.name]
     if not path.is_file():
         log.info("default dataset %s is missing: generating it", path)
-        collect(CollectConfig(task=cfg.dataset.name))
+        collect(CollectConfig(task=dataset.name))
     return path
 
 
@@ -91,7 +90,7 @@ class Workspace:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
 
-        path = dataset_path(cfg)
+        path = dataset_path(cfg.dataset)
         self.dataset_path = path
         self.replay, stats = load_replay(path, list(cfg.dataset.obs_keys), cfg.algo.gamma, cfg.dataset.reward,
                                          cfg.dataset.filter_key, cfg.dataset.terminals)
@@ -194,20 +193,7 @@ class Workspace:
 def main(cfg) -> None:
     config: PretrainConfig = OmegaConf.to_object(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    workspace = None
-    try:
-        workspace = Workspace(config, run_dir)
-        final = workspace.train()
-    except NonFiniteLossError as error:
-        kept = run_dir / "checkpoint.pt"
-        print(f"error: training stopped: {error}; last good checkpoint: {kept if kept.exists() else 'none yet'}", file=sys.stderr)
-        sys.exit(1)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if workspace is not None:
-            workspace.close()
+    final = run_workspace(lambda: Workspace(config, run_dir), run_dir)
     print(f"done: {run_dir / 'checkpoint.pt'}; final success rate {final['success_rate']:.2f}")
 
 

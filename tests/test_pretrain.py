@@ -103,7 +103,7 @@ def test_missing_default_dataset_is_generated_first(tmp_path, monkeypatch):
     # the real collector, made small: 4 episodes in one worker
     real_collect = sim.collect.collect
     monkeypatch.setattr(sim.collect, "collect", lambda config: real_collect(dataclasses.replace(config, episodes=4, workers=1)))
-    assert dataset_path(PretrainConfig()) == target
+    assert dataset_path(DatasetConfig()) == target
     assert target.is_file()
     with pytest.raises(ValueError, match="has no default file"):
-        dataset_path(PretrainConfig(dataset=DatasetConfig(name="robomimic")))
+        dataset_path(DatasetConfig(name="robomimic"))

@@ -1,0 +1,29 @@
+"""What the training entry points share: running a Workspace and turning failures into
+one-line errors with an exit status."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from policy.calql import NonFiniteLossError
+
+
+def run_workspace(make_workspace: Callable[[], Any], run_dir: Path) -> dict[str, float]:
+    """Build and train a Workspace; exit 1 on a non-finite loss (the last checkpoint is kept
+    as it was), exit 2 on bad input. Returns the final evaluation."""
+    workspace = None
+    try:
+        workspace = make_workspace()
+        return workspace.train()
+    except NonFiniteLossError as error:
+        kept = run_dir / "checkpoint.pt"
+        print(f"error: training stopped: {error}; last good checkpoint: {kept if kept.exists() else 'none yet'}", file=sys.stderr)
+        sys.exit(1)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if workspace is not None:
+            workspace.close()
