@@ -59,48 +59,47 @@ class ScriptedExpert:
         cube, tray = state[:3], state[10:13]
         grasp_point = cube + self._grasp_offset
         above = grasp_point + [0.0, 0.0, APPROACH_HEIGHT]
-        gripper = -1.0
+        carry_goal = np.array([tray[0], tray[1], CARRY_Z])
+        release_goal = np.array([tray[0], tray[1], tray[2] + RELEASE_HEIGHT])
+        # Phase changes are decided on the current observation before acting, so the action
+        # taken in a state is the new phase's: the same state never carries two labels (the
+        # last step of one phase and the first of the next), which a learned policy could not
+        # tell apart.
         self._phase_steps += 1
+        if self.phase == "approach" and np.linalg.norm(above - eef) < 2 * POSITION_TOLERANCE:
+            self._enter("descend")
+        if self.phase == "descend" and np.linalg.norm(grasp_point - eef) < POSITION_TOLERANCE:
+            self._enter("grasp")
+        if self.phase == "grasp" and self._phase_steps >= GRASP_STEPS:
+            self._enter("lift")
+        if self.phase == "lift" and abs(CARRY_Z - eef[2]) < 2 * POSITION_TOLERANCE:
+            self._enter("wander" if self.mode == "grasp_only" else "carry")
+        if self.phase == "carry" and np.linalg.norm(carry_goal[:2] - eef[:2]) < 2 * POSITION_TOLERANCE:
+            self._enter("lower")
+        if self.phase == "lower" and np.linalg.norm(release_goal - eef) < 2 * POSITION_TOLERANCE:
+            self._enter("release")
 
+        gripper = 1.0
         if self.phase == "approach":
-            move = self._move_towards(eef, above)
-            if np.linalg.norm(above - eef) < 2 * POSITION_TOLERANCE:
-                self._enter("descend")
+            move, gripper = self._move_towards(eef, above), -1.0
         elif self.phase == "descend":
-            move = self._move_towards(eef, grasp_point)
-            if np.linalg.norm(grasp_point - eef) < POSITION_TOLERANCE:
-                self._enter("grasp")
+            move, gripper = self._move_towards(eef, grasp_point), -1.0
         elif self.phase == "grasp":
-            move, gripper = np.zeros(3), 1.0
-            if self._phase_steps >= GRASP_STEPS:
-                self._enter("lift")
+            move = np.zeros(3)
         elif self.phase == "lift":
-            gripper = 1.0
-            goal = np.array([eef[0], eef[1], CARRY_Z])
-            move = self._move_towards(eef, goal)
-            if abs(CARRY_Z - eef[2]) < 2 * POSITION_TOLERANCE:
-                self._enter("wander" if self.mode == "grasp_only" else "carry")
+            move = self._move_towards(eef, np.array([eef[0], eef[1], CARRY_Z]))
         elif self.phase == "wander":
-            gripper = 1.0
             if self._wander_goal is None or np.linalg.norm(self._wander_goal - eef) < 2 * POSITION_TOLERANCE:
                 self._wander_goal = np.array(
                     [self.rng.uniform(-0.2, 0.1), self.rng.uniform(-0.25, 0.05), self.rng.uniform(CARRY_Z - 0.05, CARRY_Z + 0.05)]
                 )
             move = self._move_towards(eef, self._wander_goal)
         elif self.phase == "carry":
-            gripper = 1.0
-            goal = np.array([tray[0], tray[1], CARRY_Z])
-            move = self._move_towards(eef, goal)
-            if np.linalg.norm(goal[:2] - eef[:2]) < 2 * POSITION_TOLERANCE:
-                self._enter("lower")
+            move = self._move_towards(eef, carry_goal)
         elif self.phase == "lower":
-            gripper = 1.0
-            goal = np.array([tray[0], tray[1], tray[2] + RELEASE_HEIGHT])
-            move = self._move_towards(eef, goal)
-            if np.linalg.norm(goal - eef) < 2 * POSITION_TOLERANCE:
-                self._enter("release")
+            move = self._move_towards(eef, release_goal)
         else:  # release: open and back off upwards
-            move = self._move_towards(eef, np.array([tray[0], tray[1], CARRY_Z]))
+            move, gripper = self._move_towards(eef, carry_goal), -1.0
 
         action = np.append(move, gripper)
         if self.noise > 0:
