@@ -86,6 +86,16 @@ class ReplayBuffer:
         self.num_frames += steps + 1
         self.num_episodes += 1
 
+    def lowdim_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per-dimension mean and std of each low-dimensional key over the stored transitions."""
+        if self.size == 0:
+            raise ValueError("cannot compute statistics of an empty replay")
+        stats = {}
+        for key in self.lowdim_keys:
+            values = self.lowdim[key][: self.size].astype(np.float64)
+            stats[key] = (values.mean(axis=0), values.std(axis=0))
+        return stats
+
     def gather(self, index: np.ndarray) -> dict[str, Any]:
         """The transitions at ``index`` as a batch of numpy arrays."""
         obs = {k: self.frames[k][self.obs_frame[index]] for k in self.image_keys}

@@ -4,14 +4,18 @@ Conversion to float CHW happens here, at the model boundary. ``conv`` is the def
 trunk, sized for CPU throughput: three 3x3 stride-2 convolutions (stride instead of pooling:
 same downsampling at a fraction of the cost) into a linear layer with LayerNorm and tanh.
 ``resnet18`` is torchvision's ResNet-18 trunk with a spatial-softmax keypoint head.
-Low-dimensional keys are concatenated to the image features unchanged; with no image key at
-all the encoder is that concatenation (the low-dimensional debugging mode).
+Low-dimensional keys are standardised with the training data's per-dimension mean and std
+(buffers set by :meth:`ObservationEncoder.set_lowdim_normalization`, saved with the weights and
+exported with the policy; identity until set), because the decisions of this task hang on
+centimetre differences of positions near 1 m. They are concatenated to the image features;
+with no image key at all the encoder is that concatenation (the low-dimensional debugging mode).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -101,6 +105,8 @@ class ObservationEncoder(nn.Module):
         self.trunks = nn.ModuleDict(trunks)
         lowdim = sum(int(torch.tensor(obs_spec[k]["shape"]).prod()) for k in self.lowdim_keys)
         self.output_dim = config.feature_dim * len(self.image_keys) + lowdim
+        self.register_buffer("lowdim_mean", torch.zeros(lowdim))
+        self.register_buffer("lowdim_std", torch.ones(lowdim))
         self.to(memory_format=torch.channels_last)
 
     @staticmethod
@@ -115,5 +121,22 @@ class ObservationEncoder(nn.Module):
             if augment and self.config.augment_pad > 0:
                 images = random_shift(images, self.config.augment_pad).contiguous(memory_format=torch.channels_last)
             parts.append(self.trunks[key](images))
-        parts += [obs[key].float().flatten(1) for key in self.lowdim_keys]
+        if self.lowdim_keys:
+            lowdim = torch.cat([obs[key].float().flatten(1) for key in self.lowdim_keys], dim=-1)
+            parts.append((lowdim - self.lowdim_mean) / self.lowdim_std)
         return torch.cat(parts, dim=-1)
+
+    def set_lowdim_normalization(self, stats: dict[str, tuple[np.ndarray, np.ndarray]], min_std: float = 1e-3) -> None:
+        """Per-key (mean, std) arrays, e.g. from ``ReplayBuffer.lowdim_stats``; a std below
+        ``min_std`` (a constant input) is raised to it."""
+        missing = [key for key in self.lowdim_keys if key not in stats]
+        if missing:
+            raise ValueError(f"no normalization statistics for observation keys {missing}")
+        mean = np.concatenate([np.ravel(stats[key][0]) for key in self.lowdim_keys])
+        std = np.concatenate([np.ravel(stats[key][1]) for key in self.lowdim_keys])
+        if mean.shape != self.lowdim_mean.shape or std.shape != self.lowdim_std.shape:
+            raise ValueError(f"normalization statistics of size {mean.size}, expected {self.lowdim_mean.numel()}")
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+            raise ValueError("non-finite observation normalization statistics")
+        self.lowdim_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.lowdim_std.copy_(torch.as_tensor(np.maximum(std, min_std), dtype=torch.float32))

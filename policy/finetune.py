@@ -142,6 +142,8 @@ class Workspace:
             if self.offline.obs_spec != self.obs_spec:
                 raise ValueError(f"offline data {offline_path} has observations {self.offline.obs_spec}, "
                                  f"the agent expects {self.obs_spec}")
+            if source is None:  # a new agent standardises inputs like the data
+                self.agent.encoder.set_lowdim_normalization(self.offline.lowdim_stats())
         capacity = cfg.env_steps + cfg.num_envs * 1000  # a kill may redo up to one episode per env
         self.online = ReplayBuffer(self.obs_spec, action_dim, capacity, 2 * capacity)
         log.info("online buffer: capacity %d transitions, %.1f MB", capacity, self.online.nbytes / 2**20)

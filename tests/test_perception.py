@@ -1,9 +1,12 @@
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
+from datasets.replay import TRANSITION_KEYS, ReplayBuffer
 from perception.augment import random_shift
 from perception.encoders import EncoderConfig, ObservationEncoder
 
@@ -36,6 +39,28 @@ def test_lowdim_mode_is_plain_concatenation():
     spec = {"robot0_eef_pos": {"shape": [3], "dtype": "float32"}, "object": {"shape": [13], "dtype": "float32"}}
     encoder = ObservationEncoder(spec, EncoderConfig())
     assert encoder.output_dim == 16 and not list(encoder.parameters())
+
+
+def test_lowdim_keys_are_standardised_with_dataset_statistics():
+    spec = {"robot0_eef_pos": {"shape": [3], "dtype": "float32"}, "object": {"shape": [2], "dtype": "float32"}}
+    buffer = ReplayBuffer(spec, 1, 100, 200)
+    rng = np.random.default_rng(0)
+    obs = {"robot0_eef_pos": rng.normal(1.0, 0.05, (50, 3)).astype(np.float32),
+           "object": np.stack([rng.normal(-2.0, 3.0, 50), np.full(50, 0.8)], axis=1).astype(np.float32)}
+    steps = {key: np.zeros(50, np.float32) for key in TRANSITION_KEYS[1:]}
+    buffer.add_episode(obs, obs, actions=np.zeros((50, 1), np.float32), **steps)
+    encoder = ObservationEncoder(spec, EncoderConfig())
+    encoder.set_lowdim_normalization(buffer.lowdim_stats())
+    features = encoder({k: torch.as_tensor(v) for k, v in obs.items()}).numpy()
+    # Keys in sorted order: object, then robot0_eef_pos; the constant column stays finite (0).
+    np.testing.assert_allclose(features[:, [0, 2, 3, 4]].mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(features[:, [0, 2, 3, 4]].std(0), 1.0, atol=1e-3)
+    np.testing.assert_allclose(features[:, 1], 0.0, atol=1e-4)
+    clone = ObservationEncoder(spec, EncoderConfig())
+    clone.load_state_dict(encoder.state_dict())  # the statistics travel with the weights
+    torch.testing.assert_close(clone.lowdim_std, encoder.lowdim_std)
+    with pytest.raises(ValueError, match="robot0_eef_pos"):
+        encoder.set_lowdim_normalization({"object": (np.zeros(2), np.ones(2))})
 
 
 def test_resnet18_encoder_runs_on_cpu():
