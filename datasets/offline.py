@@ -56,8 +56,11 @@ class OfflineEpisode:
 
 @dataclass
 class RewardConfig:
-    scale: float = 1.0
-    bias: float = -1.0
+    # -10 per step, 0 at success. The scale sets the reward's size against CQL's penalty,
+    # whose pull on Q is in absolute units: at scale 1 that pull outweighed the -1 per step
+    # and the critic drifted above every possible return (measured; README).
+    scale: float = 10.0
+    bias: float = -10.0
     sparse: bool = True  # episodes with no positive reward get the infinite-horizon failure value
 
 

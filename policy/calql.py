@@ -249,9 +249,12 @@ class CalQLAgent(nn.Module):
         metrics["actor_grad_norm"] = _grad_norm(self.actor.parameters())
         self.actor_optimizer.step()
         alpha_loss, alpha_metrics = entropy_alpha_loss(self.log_entropy_alpha, logp, self.target_entropy)
-        self.entropy_optimizer.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.entropy_optimizer.step()
+        if self.num_updates >= cfg.bc_steps:
+            # The coefficient is tuned for the RL actor loss; during the BC warm start it would
+            # only drift away from the value the RL phase starts with.
+            self.entropy_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.entropy_optimizer.step()
         soft_update(self.target_critic, self.critic, cfg.tau)
         self.num_updates += 1
 

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import sim  # noqa: E402
-from datasets.offline import load_replay  # noqa: E402
+from datasets.offline import RewardConfig, load_replay  # noqa: E402
 from datasets.replay import ReplayBuffer  # noqa: E402
 from datasets.returns import episode_mc_returns, transform_rewards  # noqa: E402
 from policy.calql import CalQLAgent  # noqa: E402
@@ -131,6 +131,11 @@ class Workspace:
             raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
         probe.close()
         gamma, reward = self.agent.config.gamma, cfg.dataset.reward
+        if source is not None and "dataset" in source["config"]:
+            # The critic's values are in the units of the rewards it was trained on.
+            reward = RewardConfig(**source["config"]["dataset"]["reward"])
+            if reward != cfg.dataset.reward:
+                log.warning("rewards transformed as in the checkpoint (%s), not as in dataset.reward (%s)", reward, cfg.dataset.reward)
         self.reward = reward
 
         self.offline: ReplayBuffer | None = None
@@ -168,7 +173,8 @@ class Workspace:
         save_checkpoint(self.run_dir / "checkpoint.pt", {
             "algo": self.algo,
             "config": self.pretrain_config or {"algo": OmegaConf.to_container(OmegaConf.structured(self.cfg.algo)),
-                                               "encoder": OmegaConf.to_container(OmegaConf.structured(self.cfg.encoder))},
+                                               "encoder": OmegaConf.to_container(OmegaConf.structured(self.cfg.encoder)),
+                                               "dataset": OmegaConf.to_container(OmegaConf.structured(self.cfg.dataset))},
             "finetune_config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
             "obs_spec": self.obs_spec,
             "action_dim": self.agent.action_dim,

@@ -113,6 +113,7 @@ class Workspace:
         self.logger = MetricLogger(run_dir)
         self.evaluator = Evaluator(cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
         self.step = 0
+        self.best_success = -1.0
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
 
     def _calibration_batch(self, path: Path) -> dict[str, Any]:
@@ -180,6 +181,10 @@ class Workspace:
                 self.logger.log("eval", self.step, last_eval)
                 tqdm.write(f"step {self.step}: success {last_eval['success_rate']:.2f}, "
                            f"Q(s, pi) {last_eval['q_policy']:.2f} vs MC {last_eval['mc_return']:.2f}")
+                if last_eval["success_rate"] > self.best_success:
+                    # Offline RL's eval curve is not monotone: the best policy is kept apart.
+                    self.best_success = last_eval["success_rate"]
+                    save_checkpoint(self.run_dir / "best.pt", {**self.checkpoint_payload(), "eval": last_eval})
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_payload())
         bar.close()
@@ -195,7 +200,8 @@ def main(cfg) -> None:
     config: PretrainConfig = OmegaConf.to_object(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     final = run_workspace(lambda: Workspace(config, run_dir), run_dir)
-    print(f"done: {run_dir / 'checkpoint.pt'}; final success rate {final['success_rate']:.2f}")
+    print(f"done: {run_dir / 'checkpoint.pt'}; final success rate {final['success_rate']:.2f} "
+          f"(best evaluation: {run_dir / 'best.pt'})")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from datasets.offline import RewardConfig
 from datasets.replay import ReplayBuffer
 from datasets.returns import episode_mc_returns
 from policy import checkpoint as checkpoint_module
@@ -128,8 +129,12 @@ def test_mixing_ratio_is_honoured(ratio, offline_count):
 
 
 def test_online_episodes_get_mc_returns(trained, tmp_path):
-    workspace = Workspace(FinetuneConfig(checkpoint=str(trained), offline_data=False, env_steps=100), tmp_path)
+    config = FinetuneConfig(checkpoint=str(trained), offline_data=False, env_steps=100)
+    config.dataset.reward = RewardConfig(scale=2.0, bias=-3.0)  # the checkpoint's units win
+    pretrained = RewardConfig(**load_checkpoint(trained)["config"]["dataset"]["reward"])
+    workspace = Workspace(config, tmp_path)
     try:
+        assert workspace.reward == pretrained
         obs = {k: np.zeros(v["shape"], np.uint8 if v["dtype"] == "uint8" else np.float32) for k, v in workspace.obs_spec.items()}
         success = {"obs": [obs] * 3, "next_obs": [obs] * 3, "actions": [np.zeros(4)] * 3,
                    "rewards": [0.0, 0.0, 1.0], "terminals": [False, False, True]}
@@ -137,8 +142,9 @@ def test_online_episodes_get_mc_returns(trained, tmp_path):
         assert workspace._finish_episode(success, success=True, fault=False) == 3
         workspace._finish_episode(failure, success=False, fault=True)
         gamma = workspace.agent.config.gamma
-        expected = np.concatenate([episode_mc_returns(np.array([0, 0, 1.0]), np.array([0, 0, 1]), gamma, 1.0, -1.0, True),
-                                   np.full(3, -1.0 / (1 - gamma))])
+        scale, bias = pretrained.scale, pretrained.bias
+        expected = np.concatenate([episode_mc_returns(np.array([0, 0, 1.0]), np.array([0, 0, 1]), gamma, scale, bias, True),
+                                   np.full(3, bias / (1 - gamma))])
         np.testing.assert_allclose(workspace.online.data["mc_returns"][:6], expected, rtol=1e-6)
         np.testing.assert_array_equal(workspace.online.data["timeouts"][:6], [0, 0, 0, 0, 0, 1])
         assert workspace.faults == 1 and workspace.episodes == 2

@@ -97,7 +97,11 @@ def test_behaviour_cloning_warm_start_then_sac():
     batch = _batch(np.random.default_rng(2))
     config = CalQLConfig(bc_steps=1, cql_num_actions=2, backup_num_actions=2, hidden_dim=16)
     agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
-    first, second = agent.update(batch), agent.update(batch)
+    initial_alpha = agent.log_entropy_alpha.item()
+    first = agent.update(batch)
+    assert agent.log_entropy_alpha.item() == initial_alpha  # held during the warm start
+    second = agent.update(batch)
+    assert agent.log_entropy_alpha.item() != initial_alpha  # tuned in the RL phase
     assert "bc_log_prob" in first and "q_policy" not in first
     assert "q_policy" in second and "bc_log_prob" not in second
 

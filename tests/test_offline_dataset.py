@@ -22,7 +22,8 @@ def test_collector_file_loads_with_frames_stored_once(small_dataset):
         steps = demo.attrs["num_samples"]
         np.testing.assert_array_equal(batch["obs"]["agentview_image"][:steps], demo["obs/agentview_image"][()])
         np.testing.assert_array_equal(batch["next_obs"]["agentview_image"][:steps], demo["next_obs/agentview_image"][()])
-        np.testing.assert_allclose(batch["rewards"][:steps], demo["rewards"][()] - 1.0)
+        reward = RewardConfig()
+        np.testing.assert_allclose(batch["rewards"][:steps], demo["rewards"][()] * reward.scale + reward.bias)
     assert replay.nbytes > replay.frames["agentview_image"].nbytes
 
 

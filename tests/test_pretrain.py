@@ -41,6 +41,10 @@ def test_cli_smoke_through_the_simulator(small_dataset, tmp_path):
     assert checkpoint["obs_spec"]["agentview_image"] == {"shape": [48, 48, 3], "dtype": "uint8"}
     assert checkpoint["config"]["algo"]["calibrated"] is True and checkpoint["env"]["name"] == "pickplace"
     assert {"model", "critic_optimizer", "actor_optimizer"} <= set(checkpoint["agent"]) and "torch" in checkpoint["rng"]
+    best = load_checkpoint(run_dir / "best.pt")  # the first evaluation with the highest success rate
+    best_rate = max(float(r["success_rate"]) for r in rows)
+    first_best_step = next(int(r["step"]) for r in rows if float(r["success_rate"]) == best_rate)
+    assert best["step"] == first_best_step and best["eval"]["success_rate"] == best_rate
 
 
 def test_cli_cql_in_low_dimensional_mode(small_dataset, tmp_path):
