@@ -42,6 +42,7 @@ class ReplayBuffer:
         self.frames = {k: np.empty((frame_capacity, *obs_spec[k]["shape"]), np.uint8) for k in self.image_keys}
         self.lowdim = {k: np.empty((capacity, *obs_spec[k]["shape"]), np.float32) for k in self.lowdim_keys}
         self.next_lowdim = {k: np.empty((capacity, *obs_spec[k]["shape"]), np.float32) for k in self.lowdim_keys}
+        self.episode_end = np.empty(capacity, np.int64)  # one past the episode's last row
         self.obs_frame = np.empty(capacity, np.int64)
         self.next_frame = np.empty(capacity, np.int64)
         self.data = {
@@ -57,8 +58,9 @@ class ReplayBuffer:
 
     @property
     def nbytes(self) -> int:
-        arrays = [*self.frames.values(), *self.lowdim.values(), *self.next_lowdim.values(), *self.data.values()]
-        return sum(a.nbytes for a in arrays) + self.obs_frame.nbytes + self.next_frame.nbytes
+        arrays = [*self.frames.values(), *self.lowdim.values(), *self.next_lowdim.values(), *self.data.values(),
+                  self.episode_end, self.obs_frame, self.next_frame]
+        return sum(a.nbytes for a in arrays)
 
     def add_episode(self, obs: dict[str, np.ndarray], next_obs: dict[str, np.ndarray], **transitions: np.ndarray) -> None:
         """Append one episode: ``obs``/``next_obs`` dicts of (T, ...) arrays where
@@ -78,6 +80,7 @@ class ReplayBuffer:
         for key in self.lowdim_keys:
             self.lowdim[key][rows] = obs[key]
             self.next_lowdim[key][rows] = next_obs[key]
+        self.episode_end[rows] = self.size + steps
         self.obs_frame[rows] = self.num_frames + np.arange(steps)
         self.next_frame[rows] = self.num_frames + 1 + np.arange(steps)
         for key, value in transitions.items():
@@ -96,16 +99,40 @@ class ReplayBuffer:
             stats[key] = (values.mean(axis=0), values.std(axis=0))
         return stats
 
-    def gather(self, index: np.ndarray) -> dict[str, Any]:
-        """The transitions at ``index`` as a batch of numpy arrays."""
+    def gather(self, index: np.ndarray, n_step: int = 1, gamma: float | None = None) -> dict[str, Any]:
+        """The transitions at ``index`` as a batch of numpy arrays.
+
+        With ``n_step`` > 1 each transition spans up to n steps of its episode, stopping early
+        at a terminal or at the episode's end: ``rewards`` is their discounted sum, ``next_obs``,
+        ``terminals`` and ``timeouts`` are those of the last step, and ``discounts`` holds
+        gamma**m for the m steps taken (the factor of the bootstrap value).
+        """
+        last = index
+        if n_step > 1:
+            if gamma is None:
+                raise ValueError("n-step transitions need the discount gamma")
+            offsets = np.arange(n_step)
+            rows = index[:, None] + offsets  # (B, n)
+            in_episode = rows < self.episode_end[index][:, None]
+            rows = np.where(in_episode, rows, index[:, None])
+            terminal = self.data["terminals"][rows] * in_episode
+            taken = in_episode & (np.cumsum(terminal, axis=1) - terminal == 0)  # up to the first terminal
+            steps = taken.sum(axis=1)
+            last = index + steps - 1
         obs = {k: self.frames[k][self.obs_frame[index]] for k in self.image_keys}
-        next_obs = {k: self.frames[k][self.next_frame[index]] for k in self.image_keys}
+        next_obs = {k: self.frames[k][self.next_frame[last]] for k in self.image_keys}
         for k in self.lowdim_keys:
             obs[k] = self.lowdim[k][index]
-            next_obs[k] = self.next_lowdim[k][index]
-        return {"obs": obs, "next_obs": next_obs, **{key: value[index] for key, value in self.data.items()}}
+            next_obs[k] = self.next_lowdim[k][last]
+        batch = {"obs": obs, "next_obs": next_obs, **{key: value[index] for key, value in self.data.items()}}
+        if n_step > 1:
+            batch["rewards"] = (self.data["rewards"][rows] * taken * gamma ** offsets).sum(axis=1).astype(np.float32)
+            batch["terminals"] = self.data["terminals"][last]
+            batch["timeouts"] = self.data["timeouts"][last]
+            batch["discounts"] = (gamma ** steps).astype(np.float32)
+        return batch
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, Any]:
+    def sample(self, batch_size: int, rng: np.random.Generator, n_step: int = 1, gamma: float | None = None) -> dict[str, Any]:
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay")
-        return self.gather(rng.integers(0, self.size, size=batch_size))
+        return self.gather(rng.integers(0, self.size, size=batch_size), n_step, gamma)

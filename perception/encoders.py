@@ -14,6 +14,7 @@ with no image key at all the encoder is that concatenation (the low-dimensional 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -24,32 +25,46 @@ from datasets.replay import ObsSpec, is_image
 from perception.augment import random_shift
 
 ENCODERS = ("conv", "resnet18")
+CONV_HEADS = ("flatten", "keypoints")
 
 
 @dataclass
 class EncoderConfig:
     name: str = "conv"
     channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+    strides: Optional[list[int]] = None  # conv: one per layer; null: 2 for every layer
+    head: str = "flatten"  # conv: flatten | keypoints (spatial softmax)
     feature_dim: int = 64  # per image key
-    keypoints: int = 32  # resnet18 spatial-softmax keypoints
+    keypoints: int = 32  # spatial-softmax keypoints (resnet18, and conv with head=keypoints)
     augment_pad: int = 4  # random shift in pixels; 0 turns augmentation off
 
 
 class ConvTrunk(nn.Module):
-    def __init__(self, image_shape: list[int], channels: list[int], feature_dim: int) -> None:
+    def __init__(self, image_shape: list[int], config: EncoderConfig) -> None:
         super().__init__()
+        strides = config.strides if config.strides is not None else [2] * len(config.channels)
+        if len(strides) != len(config.channels):
+            raise ValueError(f"encoder.strides has {len(strides)} entries, encoder.channels "
+                             f"{len(config.channels)}: one stride per conv layer")
+        if config.head not in CONV_HEADS:
+            raise ValueError(f"unknown conv encoder head {config.head!r}; available: {', '.join(CONV_HEADS)}")
         height, width, in_channels = image_shape
         layers: list[nn.Module] = []
-        for out_channels in channels:
-            layers += [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+        for out_channels, stride in zip(config.channels, strides):
+            layers += [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1), nn.ReLU(inplace=True)]
             in_channels = out_channels
         self.convs = nn.Sequential(*layers)
-        with torch.no_grad():
-            flat = self.convs(torch.zeros(1, image_shape[2], height, width)).numel()
-        self.head = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+        if config.head == "keypoints":
+            self.pool: nn.Module = SpatialSoftmax(in_channels, config.keypoints)
+            pooled = 2 * config.keypoints
+        else:
+            self.pool = nn.Flatten(1)
+            with torch.no_grad():
+                pooled = self.convs(torch.zeros(1, image_shape[2], height, width)).numel()
+        self.head = nn.Sequential(nn.Linear(pooled, config.feature_dim), nn.LayerNorm(config.feature_dim), nn.Tanh())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.convs(images).flatten(1))
+        return self.head(self.pool(self.convs(images)))
 
 
 class SpatialSoftmax(nn.Module):
@@ -99,7 +114,7 @@ class ObservationEncoder(nn.Module):
         for key in self.image_keys:
             shape = obs_spec[key]["shape"]
             if config.name == "conv":
-                trunks[key] = ConvTrunk(shape, config.channels, config.feature_dim)
+                trunks[key] = ConvTrunk(shape, config)
             else:
                 trunks[key] = ResNet18Trunk(shape, config.keypoints, config.feature_dim)
         self.trunks = nn.ModuleDict(trunks)

@@ -37,6 +37,7 @@ class CalQLConfig:
     name: str = "calql"
     calibrated: bool = True  # the MC lower bound; False is CQL
     gamma: float = 0.99
+    n_step: int = 1  # TD targets over n dataset steps (the replay builds them); 1 = the reference
     actor_lr: float = 1e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 1e-4
@@ -54,6 +55,9 @@ class CalQLConfig:
     # Behaviour-cloning warm start of the actor for the first bc_steps updates (CQL's
     # "policy_eval_start"): the actor loss is alpha * logpi(a~pi) - logpi(a_data).
     bc_steps: int = 0
+    # Start every Q-head's output at the dataset's mean MC return instead of 0 (see
+    # CalQLAgent.set_initial_q).
+    init_q_at_mc_mean: bool = False
     target_entropy: float | None = None  # default: -action_dim
 
 
@@ -153,6 +157,18 @@ class CalQLAgent(nn.Module):
         self.cql_alpha_optimizer = torch.optim.Adam([self.log_cql_alpha], lr=config.critic_lr)
         self.num_updates = 0
 
+    @torch.no_grad()
+    def set_initial_q(self, value: float) -> None:
+        """Shift the critics' (and targets') output bias so that Q starts near ``value``.
+
+        Returns here are in the hundreds while Adam moves each weight by about the learning rate
+        per step, and the target network lags by ~1/tau updates: started at 0, the critic spends
+        its budget descending to the return level, and during that descent the values order
+        actions by how recently they were trained rather than by outcome.
+        """
+        for critic in (self.critic, self.target_critic):
+            critic.b3.add_(value)
+
     # ----------------------------------------------------------------------------- acting
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
@@ -180,6 +196,8 @@ class CalQLAgent(nn.Module):
         rewards = torch.as_tensor(batch["rewards"], device=self.device)
         terminals = torch.as_tensor(batch["terminals"], device=self.device)
         mc_returns = torch.as_tensor(batch["mc_returns"], device=self.device)
+        # n-step batches carry gamma**m for the m steps each transition spans.
+        discounts = torch.as_tensor(batch["discounts"], device=self.device) if "discounts" in batch else cfg.gamma
         batch_size, n = actions.shape[0], cfg.cql_num_actions
 
         features = self.encoder(obs, augment=True)
@@ -191,7 +209,7 @@ class CalQLAgent(nn.Module):
             if cfg.entropy_backup:
                 backup_q = backup_q - self.log_entropy_alpha.exp() * backup_logp
             target_q = backup_q.max(dim=1).values
-            td_target = rewards + cfg.gamma * (1.0 - terminals) * target_q
+            td_target = rewards + discounts * (1.0 - terminals) * target_q
 
         if not cfg.conservative:
             q_data = self.critic(features, actions.unsqueeze(1))[:, :, 0]

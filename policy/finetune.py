@@ -43,11 +43,12 @@ log = logging.getLogger(__name__)
 
 
 def mixed_batch(offline: ReplayBuffer | None, online: ReplayBuffer, batch_size: int, ratio: float,
-                rng: np.random.Generator) -> dict[str, Any]:
+                rng: np.random.Generator, n_step: int = 1, gamma: float | None = None) -> dict[str, Any]:
     """``round(ratio * batch_size)`` offline transitions and the rest online (all from
-    whichever buffer has data while the other is empty)."""
+    whichever buffer has data while the other is empty); ``n_step``/``gamma`` as in
+    ``ReplayBuffer.gather``."""
     num_offline = round(ratio * batch_size) if offline is not None and len(online) else (batch_size if offline is not None else 0)
-    parts = [buffer.sample(n, rng) for buffer, n in ((offline, num_offline), (online, batch_size - num_offline)) if n]
+    parts = [buffer.sample(n, rng, n_step, gamma) for buffer, n in ((offline, num_offline), (online, batch_size - num_offline)) if n]
     if len(parts) == 1:
         return parts[0]
     return {
@@ -65,6 +66,7 @@ def buffer_state(buffer: ReplayBuffer) -> dict[str, Any]:
         "frames": {k: torch.from_numpy(v[:f].copy()) for k, v in buffer.frames.items()},
         "lowdim": {k: torch.from_numpy(v[:n].copy()) for k, v in buffer.lowdim.items()},
         "next_lowdim": {k: torch.from_numpy(v[:n].copy()) for k, v in buffer.next_lowdim.items()},
+        "episode_end": torch.from_numpy(buffer.episode_end[:n].copy()),
         "obs_frame": torch.from_numpy(buffer.obs_frame[:n].copy()),
         "next_frame": torch.from_numpy(buffer.next_frame[:n].copy()),
         "data": {k: torch.from_numpy(v[:n].copy()) for k, v in buffer.data.items()},
@@ -78,6 +80,7 @@ def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
     for k in buffer.lowdim:
         buffer.lowdim[k][:n] = state["lowdim"][k].numpy()
         buffer.next_lowdim[k][:n] = state["next_lowdim"][k].numpy()
+    buffer.episode_end[:n] = state["episode_end"].numpy()
     buffer.obs_frame[:n] = state["obs_frame"].numpy()
     buffer.next_frame[:n] = state["next_frame"].numpy()
     for k in buffer.data:
@@ -256,7 +259,8 @@ class Workspace:
 
                 start = time.perf_counter()
                 while updates_due >= 1.0:
-                    batch = mixed_batch(self.offline, self.online, cfg.batch_size, cfg.mixing_ratio, self.rng)
+                    batch = mixed_batch(self.offline, self.online, cfg.batch_size, cfg.mixing_ratio, self.rng,
+                                        self.agent.config.n_step, self.agent.config.gamma)
                     for key, value in self.agent.update(batch).items():
                         window.setdefault(key, []).append(value)
                     self.updates += 1

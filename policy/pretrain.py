@@ -110,6 +110,8 @@ class Workspace:
 
         self.agent = CalQLAgent(self.replay.obs_spec, action_dim, cfg.algo, cfg.encoder, self.device)
         self.agent.encoder.set_lowdim_normalization(self.replay.lowdim_stats())
+        if cfg.algo.init_q_at_mc_mean:
+            self.agent.set_initial_q(float(self.replay.data["mc_returns"][: len(self.replay)].mean()))
         self.logger = MetricLogger(run_dir)
         self.evaluator = Evaluator(cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
         self.step = 0
@@ -153,6 +155,8 @@ class Workspace:
             q_data=float(q_data.mean()),
             mc_return=float(batch["mc_returns"].mean()),
             q_policy_minus_mc=float((q_policy - batch["mc_returns"]).mean()),
+            # Does the critic tell states that lead to success from those that do not?
+            q_data_mc_corr=float(np.corrcoef(q_data, batch["mc_returns"])[0, 1]),
         )
         self.agent.train()
         return metrics
@@ -164,7 +168,7 @@ class Workspace:
         start = time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"pretrain {cfg.algo.name}", unit="step", dynamic_ncols=True)
         while self.step < cfg.steps:
-            metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng))
+            metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng, cfg.algo.n_step, cfg.algo.gamma))
             self.step += 1
             bar.update(1)
             for key, value in metrics.items():

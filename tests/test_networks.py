@@ -114,3 +114,28 @@ def test_sac_skips_the_penalty_and_backs_up_entropy():
     metrics = agent.update(batch)
     assert metrics["cql_loss"] == 0.0 and "cql_gap" not in metrics and "bound_rate" not in metrics
     assert np.isfinite(metrics["critic_loss"]) and metrics["critic_loss"] == pytest.approx(2 * metrics["td_loss"])
+
+
+def test_n_step_discounts_replace_gamma_in_the_td_target():
+    batch = _batch(np.random.default_rng(4))
+    config = CalQLConfig(cql_num_actions=2, backup_num_actions=2, hidden_dim=16)
+    torch.manual_seed(0)
+    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
+    same, no_bootstrap = copy.deepcopy(agent), copy.deepcopy(agent)
+    torch.manual_seed(1)
+    one_step = agent.update(batch)
+    torch.manual_seed(1)
+    explicit = same.update({**batch, "discounts": np.full(8, config.gamma, np.float32)})
+    assert explicit["td_target"] == pytest.approx(one_step["td_target"])
+    cut = no_bootstrap.update({**batch, "discounts": np.zeros(8, np.float32)})
+    assert cut["td_target"] == pytest.approx(float(batch["rewards"].mean()))
+
+
+def test_initial_q_level_is_set_on_critics_and_targets():
+    batch = _batch(np.random.default_rng(5))
+    torch.manual_seed(0)
+    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, CalQLConfig(hidden_dim=16), EncoderConfig(channels=[4], feature_dim=8))
+    before = agent.q_values(batch["obs"], batch["actions"])
+    agent.set_initial_q(-700.0)
+    np.testing.assert_allclose(agent.q_values(batch["obs"], batch["actions"]), before - 700.0, rtol=1e-5)
+    torch.testing.assert_close(agent.target_critic.b3, agent.critic.b3)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from datasets.replay import TRANSITION_KEYS, ReplayBuffer
 from perception.augment import random_shift
-from perception.encoders import EncoderConfig, ObservationEncoder
+from perception.encoders import EncoderConfig, ObservationEncoder, SpatialSoftmax
 
 SPEC = {"agentview_image": {"shape": [48, 48, 3], "dtype": "uint8"}, "robot0_eef_pos": {"shape": [3], "dtype": "float32"}}
 
@@ -61,6 +61,28 @@ def test_lowdim_keys_are_standardised_with_dataset_statistics():
     torch.testing.assert_close(clone.lowdim_std, encoder.lowdim_std)
     with pytest.raises(ValueError, match="robot0_eef_pos"):
         encoder.set_lowdim_normalization({"object": (np.zeros(2), np.ones(2))})
+
+
+def test_spatial_softmax_returns_the_peak_coordinates():
+    keypoints = SpatialSoftmax(in_channels=2, keypoints=2)
+    with torch.no_grad():
+        keypoints.project.weight.copy_(torch.eye(2).view(2, 2, 1, 1) * 100.0)
+        keypoints.project.bias.zero_()
+    features = torch.zeros(1, 2, 5, 9)
+    features[0, 0, 1, 6] = 1.0  # row 1 of 5 -> y = -0.5; column 6 of 9 -> x = 0.5
+    features[0, 1, 4, 0] = 1.0  # bottom-left corner -> (x, y) = (-1, 1)
+    torch.testing.assert_close(keypoints(features), torch.tensor([[0.5, -0.5, -1.0, 1.0]]), atol=1e-3, rtol=0)
+
+
+def test_conv_keypoint_head_and_strides():
+    encoder = ObservationEncoder(SPEC, EncoderConfig(head="keypoints", strides=[2, 2, 1], keypoints=8, feature_dim=16))
+    obs = {"agentview_image": torch.randint(0, 256, (3, 48, 48, 3), dtype=torch.uint8), "robot0_eef_pos": torch.zeros(3, 3)}
+    assert encoder(obs, augment=True).shape == (3, 19)
+    assert encoder.trunks["agentview_image"].convs(torch.zeros(1, 3, 48, 48)).shape[-2:] == (12, 12)
+    with pytest.raises(ValueError, match="one stride per conv layer"):
+        ObservationEncoder(SPEC, EncoderConfig(strides=[2, 2]))
+    with pytest.raises(ValueError, match="unknown conv encoder head"):
+        ObservationEncoder(SPEC, EncoderConfig(head="mean"))
 
 
 def test_resnet18_encoder_runs_on_cpu():
