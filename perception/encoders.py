@@ -2,7 +2,9 @@
 
 Conversion to float CHW happens here, at the model boundary. ``conv`` is the default image
 trunk, sized for CPU throughput: three 3x3 stride-2 convolutions (stride instead of pooling:
-same downsampling at a fraction of the cost) into a linear layer with LayerNorm and tanh.
+same downsampling at a fraction of the cost) into a linear layer with LayerNorm and tanh;
+``encoder.strides`` sets the stride per layer and ``encoder.head=keypoints`` replaces the
+flattening with spatial-softmax keypoints (expected image coordinates of learned heat maps).
 ``resnet18`` is torchvision's ResNet-18 trunk with a spatial-softmax keypoint head.
 Low-dimensional keys are standardised with the training data's per-dimension mean and std
 (buffers set by :meth:`ObservationEncoder.set_lowdim_normalization`, saved with the weights and

@@ -55,9 +55,12 @@ class CalQLConfig:
     # Behaviour-cloning warm start of the actor for the first bc_steps updates (CQL's
     # "policy_eval_start"): the actor loss is alpha * logpi(a~pi) - logpi(a_data).
     bc_steps: int = 0
-    # Start every Q-head's output at the dataset's mean MC return instead of 0 (see
-    # CalQLAgent.set_initial_q).
-    init_q_at_mc_mean: bool = False
+    # The actor gets its own encoder, trained by the actor's loss (robomimic's layout), instead
+    # of reading the critic's features detached (DrQ's).
+    separate_actor_encoder: bool = False
+    # After the warm start, add w * mean|Q| * |tanh(mean) - a_data|^2 to the actor loss (TD3+BC's
+    # constraint, scale-free in Q; TD3+BC's lambda 2.5 is w = 0.4). 0 is the reference.
+    actor_bc_weight: float = 0.0
     target_entropy: float | None = None  # default: -action_dim
 
 
@@ -115,6 +118,14 @@ def sac_actor_loss(logp: torch.Tensor, q_min: torch.Tensor, entropy_alpha: torch
     return loss, {"actor_loss": loss.item(), "entropy": -logp.mean().item(), "q_policy": q_min.mean().item()}
 
 
+def bc_regularizer(mean: torch.Tensor, actions: torch.Tensor, q_min: torch.Tensor, weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """``weight * mean|Q| * mean ||tanh(mean) - a_data||^2``: ties the actor to the data's actions in
+    proportion to the Q scale, so the weight does not depend on the reward scale."""
+    squared_error = ((torch.tanh(mean) - actions) ** 2).sum(-1).mean()
+    loss = weight * q_min.abs().mean().detach() * squared_error
+    return loss, {"bc_mse": squared_error.item(), "bc_loss": loss.item()}
+
+
 def bc_actor_loss(logp: torch.Tensor, logp_data: torch.Tensor, entropy_alpha: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     loss = (entropy_alpha * logp).mean() - logp_data.mean()
     return loss, {"actor_loss": loss.item(), "entropy": -logp.mean().item(), "bc_log_prob": logp_data.mean().item()}
@@ -145,6 +156,7 @@ class CalQLAgent(nn.Module):
         self.device = torch.device(device)
         self.target_entropy = config.target_entropy if config.target_entropy is not None else -float(action_dim)
         self.encoder = ObservationEncoder(obs_spec, encoder_config)
+        self.actor_encoder = ObservationEncoder(obs_spec, encoder_config) if config.separate_actor_encoder else None
         self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor = TanhGaussianActor(self.encoder.output_dim, action_dim, config.hidden_dim)
@@ -152,28 +164,17 @@ class CalQLAgent(nn.Module):
         self.log_cql_alpha = nn.Parameter(torch.tensor(math.log(max(config.cql_alpha, 1e-8))))
         self.to(self.device)
         self.critic_optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        actor_parameters = [*self.actor.parameters(), *(self.actor_encoder.parameters() if self.actor_encoder else [])]
+        self.actor_optimizer = torch.optim.Adam(actor_parameters, lr=config.actor_lr)
         self.entropy_optimizer = torch.optim.Adam([self.log_entropy_alpha], lr=config.alpha_lr)
         self.cql_alpha_optimizer = torch.optim.Adam([self.log_cql_alpha], lr=config.critic_lr)
         self.num_updates = 0
-
-    @torch.no_grad()
-    def set_initial_q(self, value: float) -> None:
-        """Shift the critics' (and targets') output bias so that Q starts near ``value``.
-
-        Returns here are in the hundreds while Adam moves each weight by about the learning rate
-        per step, and the target network lags by ~1/tau updates: started at 0, the critic spends
-        its budget descending to the return level, and during that descent the values order
-        actions by how recently they were trained rather than by outcome.
-        """
-        for critic in (self.critic, self.target_critic):
-            critic.b3.add_(value)
 
     # ----------------------------------------------------------------------------- acting
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
         """Actions for a batch of observations (dict of (B, ...) arrays), in [-1, 1]."""
-        features = self.encoder(to_torch(obs, self.device))
+        features = self._actor_features(to_torch(obs, self.device))
         if deterministic:
             actions = self.actor.deterministic(features)
         else:
@@ -183,9 +184,22 @@ class CalQLAgent(nn.Module):
     @torch.no_grad()
     def q_values(self, obs: dict[str, np.ndarray], actions: np.ndarray | None = None) -> np.ndarray:
         """min over heads of Q(s, a); a defaults to the deterministic policy action."""
-        features = self.encoder(to_torch(obs, self.device))
-        a = self.actor.deterministic(features) if actions is None else torch.as_tensor(actions, device=self.device)
+        obs_t = to_torch(obs, self.device)
+        features = self.encoder(obs_t)
+        if actions is None:
+            a = self.actor.deterministic(self._actor_features(obs_t))
+        else:
+            a = torch.as_tensor(actions, device=self.device)
         return self.critic(features, a.unsqueeze(1)).min(dim=0).values[:, 0].cpu().numpy()
+
+    def _actor_features(self, obs: dict[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
+        return (self.actor_encoder or self.encoder)(obs, augment=augment)
+
+    def set_lowdim_normalization(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Standardise low-dimensional inputs with the training data's statistics (every encoder)."""
+        for encoder in (self.encoder, self.actor_encoder):
+            if encoder is not None:
+                encoder.set_lowdim_normalization(stats)
 
     # --------------------------------------------------------------------------- learning
     def update(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -201,9 +215,11 @@ class CalQLAgent(nn.Module):
         batch_size, n = actions.shape[0], cfg.cql_num_actions
 
         features = self.encoder(obs, augment=True)
+        actor_features = self._actor_features(obs, augment=True) if self.actor_encoder else features.detach()
         with torch.no_grad():
             next_features = self.encoder(next_obs, augment=True)
-            next_mean, next_log_std = self.actor(next_features)
+            next_actor_features = self._actor_features(next_obs, augment=True) if self.actor_encoder else next_features
+            next_mean, next_log_std = self.actor(next_actor_features)
             backup_actions, backup_logp = sample_tanh_gaussian(next_mean, next_log_std, cfg.backup_num_actions)
             backup_q = self.target_critic(next_features, backup_actions).min(dim=0).values
             if cfg.entropy_backup:
@@ -218,7 +234,7 @@ class CalQLAgent(nn.Module):
         else:
             with torch.no_grad():
                 random_actions = torch.empty(batch_size, n, self.action_dim, device=self.device).uniform_(-1.0, 1.0)
-                current_actions, logp_current = sample_tanh_gaussian(*self.actor(features.detach()), n)
+                current_actions, logp_current = sample_tanh_gaussian(*self.actor(actor_features.detach()), n)
                 next_actions, logp_next = sample_tanh_gaussian(next_mean, next_log_std, n)
             all_actions = torch.cat([actions.unsqueeze(1), random_actions, current_actions, next_actions], dim=1)
             q_all = self.critic(features, all_actions)  # (C, B, 1 + 3n)
@@ -249,8 +265,8 @@ class CalQLAgent(nn.Module):
             cql_alpha_loss.backward()
             self.cql_alpha_optimizer.step()
 
-        # Actor on detached features; the critic is only read here.
-        mean, log_std = self.actor(features.detach())
+        # The critic is only read here; its encoder gets no gradient from the actor.
+        mean, log_std = self.actor(actor_features)
         policy_actions, logp = sample_tanh_gaussian(mean, log_std, 1)
         entropy_alpha = self.log_entropy_alpha.exp().detach()
         if self.num_updates < cfg.bc_steps:
@@ -260,11 +276,17 @@ class CalQLAgent(nn.Module):
             self.critic.requires_grad_(False)
             q_policy = self.critic(features.detach(), policy_actions).min(dim=0).values
             actor_loss, actor_metrics = sac_actor_loss(logp, q_policy, entropy_alpha)
+            if cfg.actor_bc_weight > 0:
+                regularizer, bc_metrics = bc_regularizer(mean, actions, q_policy, cfg.actor_bc_weight)
+                actor_loss = actor_loss + regularizer
+                actor_metrics.update(bc_metrics)
             self.critic.requires_grad_(True)
         self._check_finite(actor_loss, "actor_loss")
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         metrics["actor_grad_norm"] = _grad_norm(self.actor.parameters())
+        if self.actor_encoder is not None:
+            metrics["actor_encoder_grad_norm"] = _grad_norm(self.actor_encoder.parameters())
         self.actor_optimizer.step()
         alpha_loss, alpha_metrics = entropy_alpha_loss(self.log_entropy_alpha, logp, self.target_entropy)
         if self.num_updates >= cfg.bc_steps:

@@ -60,6 +60,7 @@ class FinetuneConfig:
     env: EnvConfig = field(default_factory=EnvConfig)  # kwargs override the checkpoint's env
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # offline data for mixed batches
     offline_data: bool = True  # mix offline transitions into every batch
+    actor_bc_weight: Optional[float] = None  # the actor's BC term online; null: the checkpoint's
     env_steps: int = 10000
     num_envs: int = 2
     utd: float = 1.0  # gradient updates per env step, applied when an episode ends

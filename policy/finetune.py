@@ -130,6 +130,10 @@ class Workspace:
                 raise ValueError(f"observation key(s) {missing} are not produced by env {self.env_name!r}")
             self.agent = CalQLAgent(self.obs_spec, action_dim, cfg.algo, cfg.encoder, self.device)
         check_obs_spec(self.obs_spec, probe.observation_space, self.env_name, "checkpoint")
+        if cfg.actor_bc_weight is not None:
+            if cfg.actor_bc_weight < 0:
+                raise ValueError(f"actor_bc_weight must be >= 0, got {cfg.actor_bc_weight}")
+            self.agent.config.actor_bc_weight = cfg.actor_bc_weight
         if action_dim != self.agent.action_dim:
             raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
         probe.close()
@@ -151,7 +155,7 @@ class Workspace:
                 raise ValueError(f"offline data {offline_path} has observations {self.offline.obs_spec}, "
                                  f"the agent expects {self.obs_spec}")
             if source is None:  # a new agent standardises inputs like the data
-                self.agent.encoder.set_lowdim_normalization(self.offline.lowdim_stats())
+                self.agent.set_lowdim_normalization(self.offline.lowdim_stats())
         capacity = cfg.env_steps + cfg.num_envs * 1000  # a kill may redo up to one episode per env
         self.online = ReplayBuffer(self.obs_spec, action_dim, capacity, 2 * capacity)
         log.info("online buffer: capacity %d transitions, %.1f MB", capacity, self.online.nbytes / 2**20)

@@ -109,9 +109,7 @@ class Workspace:
             raise ValueError(f"action dimension mismatch: dataset {self.replay.action_dim}, env {cfg.env.name!r} {action_dim}")
 
         self.agent = CalQLAgent(self.replay.obs_spec, action_dim, cfg.algo, cfg.encoder, self.device)
-        self.agent.encoder.set_lowdim_normalization(self.replay.lowdim_stats())
-        if cfg.algo.init_q_at_mc_mean:
-            self.agent.set_initial_q(float(self.replay.data["mc_returns"][: len(self.replay)].mean()))
+        self.agent.set_lowdim_normalization(self.replay.lowdim_stats())
         self.logger = MetricLogger(run_dir)
         self.evaluator = Evaluator(cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
         self.step = 0

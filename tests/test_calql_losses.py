@@ -1,8 +1,9 @@
 import math
+import pytest
 
 import torch
 
-from policy.calql import cql_penalty, td_loss
+from policy.calql import bc_regularizer, cql_penalty, td_loss
 
 ACTION_DIM = 2
 
@@ -61,3 +62,13 @@ def test_temperature_and_td_loss():
     torch.testing.assert_close(gap, _terms(q_data, q_random, q_current, q_next, logp_c, logp_n, temperature=0.5))
     loss, metrics = td_loss(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([0.0, 2.0]))
     assert math.isclose(loss.item(), 0.5 + 2.0) and math.isclose(metrics["td_loss"], 1.25)
+
+
+def test_bc_regularizer_scales_with_q_magnitude():
+    mean = torch.zeros(2, 3)
+    actions = torch.tensor([[0.5, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    loss, metrics = bc_regularizer(mean, actions, torch.tensor([-100.0, -300.0]), weight=0.4)
+    assert metrics["bc_mse"] == pytest.approx((0.25 + 1.0) / 2)
+    assert loss.item() == pytest.approx(0.4 * 200.0 * 0.625)
+    scaled, _ = bc_regularizer(mean, actions, torch.tensor([-10.0, -30.0]), weight=0.4)
+    assert scaled.item() == pytest.approx(loss.item() / 10)

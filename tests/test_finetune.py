@@ -37,7 +37,7 @@ def _rows(path: Path) -> list[dict]:
 def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path):
     run_dir = tmp_path / "run"
     result = _finetune(f"checkpoint={trained}", "env_steps=200", "eval_every=100", "checkpoint_every=100",
-                       f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST)
+                       "actor_bc_weight=0.5", f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     evals = _rows(run_dir / "eval.csv")
     assert [int(r["step"]) for r in evals] == [100, 200]
@@ -51,7 +51,8 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
     # one update per transition of every finished episode (UTD 1), all of them in the buffer
     assert counters["updates"] == checkpoint["online_buffer"]["size"] == sum(int(r["length"]) for r in episodes)
     assert checkpoint["config"]["algo"]["calibrated"] is True  # Cal-QL stays calibrated
-    assert {"bound_rate", "env_steps", "sim_seconds", "learn_seconds"} <= set(_rows(run_dir / "train.csv")[0])
+    # the actor's BC term, switched on from the command line
+    assert {"bound_rate", "bc_mse", "env_steps", "sim_seconds", "learn_seconds"} <= set(_rows(run_dir / "train.csv")[0])
 
 
 def test_sac_from_scratch_runs_through_the_same_loop(tmp_path):

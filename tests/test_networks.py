@@ -131,11 +131,20 @@ def test_n_step_discounts_replace_gamma_in_the_td_target():
     assert cut["td_target"] == pytest.approx(float(batch["rewards"].mean()))
 
 
-def test_initial_q_level_is_set_on_critics_and_targets():
-    batch = _batch(np.random.default_rng(5))
+
+def test_separate_actor_encoder_is_trained_by_the_actor_only():
+    batch = _batch(np.random.default_rng(6))
+    config = CalQLConfig(separate_actor_encoder=True, bc_steps=1, cql_num_actions=2, backup_num_actions=2, hidden_dim=16)
     torch.manual_seed(0)
-    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, CalQLConfig(hidden_dim=16), EncoderConfig(channels=[4], feature_dim=8))
-    before = agent.q_values(batch["obs"], batch["actions"])
-    agent.set_initial_q(-700.0)
-    np.testing.assert_allclose(agent.q_values(batch["obs"], batch["actions"]), before - 700.0, rtol=1e-5)
-    torch.testing.assert_close(agent.target_critic.b3, agent.critic.b3)
+    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
+    actor_encoder_before = copy.deepcopy(agent.actor_encoder)
+    critic_encoder_before = copy.deepcopy(agent.encoder)
+    agent.critic_optimizer.param_groups[0]["lr"] = 0.0  # isolate the actor's update
+    for _ in range(2):  # a behaviour-cloning update, then an RL one
+        metrics = agent.update(batch)
+        assert metrics["actor_encoder_grad_norm"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(agent.encoder.parameters(), critic_encoder_before.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(agent.actor_encoder.parameters(), actor_encoder_before.parameters()))
+    clone = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
+    clone.load_training_state(agent.training_state())
+    np.testing.assert_allclose(clone.act(batch["obs"]), agent.act(batch["obs"]))
