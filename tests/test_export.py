@@ -126,3 +126,24 @@ def test_cpp_example_builds_and_matches_python(exported, tmp_path):
     policy = torch.jit.load(str(exported))
     zeros = [torch.zeros(1, 48, 48, 3, dtype=torch.uint8), torch.zeros(1, 3), torch.zeros(1, 2)]
     np.testing.assert_allclose(cpp_action, policy(zeros)[0].numpy(), atol=1e-5)
+
+
+def test_traced_core_uses_the_actor_encoder_when_it_is_separate():
+    from datasets.replay import obs_spec_of
+    from perception.encoders import EncoderConfig
+    from policy.calql import CalQLAgent, CalQLConfig
+    from policy.export import PolicyCore
+
+    rng = np.random.default_rng(0)
+    obs = {"agentview_image": rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8),
+           "robot0_eef_pos": rng.normal(size=(3, 3)).astype(np.float32)}
+    torch.manual_seed(0)
+    agent = CalQLAgent(obs_spec_of(obs), 4, CalQLConfig(separate_actor_encoder=True, hidden_dim=16),
+                       EncoderConfig(channels=[4], feature_dim=8)).eval()
+    keys = sorted(obs)
+    core = torch.jit.trace(PolicyCore(agent, keys), ([torch.from_numpy(obs[k]) for k in keys],))
+    with torch.no_grad():
+        exported = core([torch.from_numpy(obs[k]) for k in keys]).numpy()
+        critic_encoder_actions = agent.actor.deterministic(agent.encoder({k: torch.from_numpy(v) for k, v in obs.items()}))
+    np.testing.assert_allclose(exported, agent.act(obs), atol=1e-6)
+    assert not torch.allclose(critic_encoder_actions, torch.from_numpy(agent.act(obs)))  # it is not the critic's encoder
