@@ -151,6 +151,10 @@ class CalQLAgent(nn.Module):
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: CalQLConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__()
+        if config.n_step < 1:
+            raise ValueError(f"algo.n_step must be >= 1, got {config.n_step}")
+        if config.actor_bc_weight < 0:
+            raise ValueError(f"algo.actor_bc_weight must be >= 0, got {config.actor_bc_weight}")
         self.config = config
         self.action_dim = action_dim
         self.device = torch.device(device)
@@ -174,7 +178,7 @@ class CalQLAgent(nn.Module):
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
         """Actions for a batch of observations (dict of (B, ...) arrays), in [-1, 1]."""
-        features = self._actor_features(to_torch(obs, self.device))
+        features = (self.actor_encoder or self.encoder)(to_torch(obs, self.device))
         if deterministic:
             actions = self.actor.deterministic(features)
         else:
@@ -187,13 +191,11 @@ class CalQLAgent(nn.Module):
         obs_t = to_torch(obs, self.device)
         features = self.encoder(obs_t)
         if actions is None:
-            a = self.actor.deterministic(self._actor_features(obs_t))
+            actor_features = features if self.actor_encoder is None else self.actor_encoder(obs_t)
+            a = self.actor.deterministic(actor_features)
         else:
             a = torch.as_tensor(actions, device=self.device)
         return self.critic(features, a.unsqueeze(1)).min(dim=0).values[:, 0].cpu().numpy()
-
-    def _actor_features(self, obs: dict[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
-        return (self.actor_encoder or self.encoder)(obs, augment=augment)
 
     def set_lowdim_normalization(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         """Standardise low-dimensional inputs with the training data's statistics (every encoder)."""
@@ -215,10 +217,10 @@ class CalQLAgent(nn.Module):
         batch_size, n = actions.shape[0], cfg.cql_num_actions
 
         features = self.encoder(obs, augment=True)
-        actor_features = self._actor_features(obs, augment=True) if self.actor_encoder else features.detach()
+        actor_features = self.actor_encoder(obs, augment=True) if self.actor_encoder else features.detach()
         with torch.no_grad():
             next_features = self.encoder(next_obs, augment=True)
-            next_actor_features = self._actor_features(next_obs, augment=True) if self.actor_encoder else next_features
+            next_actor_features = self.actor_encoder(next_obs, augment=True) if self.actor_encoder else next_features
             next_mean, next_log_std = self.actor(next_actor_features)
             backup_actions, backup_logp = sample_tanh_gaussian(next_mean, next_log_std, cfg.backup_num_actions)
             backup_q = self.target_critic(next_features, backup_actions).min(dim=0).values

@@ -11,7 +11,7 @@ from typing import Any
 class MetricLogger:
     """``log(stream, step, metrics)`` writes ``<run_dir>/<stream>.csv`` and TensorBoard
     scalars ``<stream>/<name>``. A metric that first appears later (e.g. when a warm start ends)
-adds a column: the file is rewritten once with the wider header, earlier rows left blank there."""
+    adds a column: the file is rewritten once with the wider header, earlier rows left blank there."""
 
     def __init__(self, run_dir: str | Path) -> None:
         from torch.utils.tensorboard import SummaryWriter

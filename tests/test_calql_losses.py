@@ -1,6 +1,6 @@
 import math
-import pytest
 
+import pytest
 import torch
 
 from policy.calql import bc_regularizer, cql_penalty, td_loss

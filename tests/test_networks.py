@@ -148,3 +148,10 @@ def test_separate_actor_encoder_is_trained_by_the_actor_only():
     clone = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
     clone.load_training_state(agent.training_state())
     np.testing.assert_allclose(clone.act(batch["obs"]), agent.act(batch["obs"]))
+
+
+@pytest.mark.parametrize("field, value", [("n_step", 0), ("actor_bc_weight", -0.1)])
+def test_invalid_algo_values_are_rejected(field, value):
+    config = CalQLConfig(hidden_dim=16, **{field: value})
+    with pytest.raises(ValueError, match=f"algo.{field}"):
+        CalQLAgent({"robot0_eef_pos": {"shape": [3], "dtype": "float32"}}, 4, config, EncoderConfig())
