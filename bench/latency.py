@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from perception.encoders import EncoderConfig
-from policy.calql import CalQLAgent, CalQLConfig
+from policy.algorithms import make_agent
+from policy.calql import CalQLConfig
 from policy.checkpoint import save_checkpoint
 from policy.export import export_policy
 
@@ -32,7 +33,7 @@ DEFAULT_SPEC = {
 def fresh_checkpoint(path: Path, image_size: int) -> None:
     spec = {k: dict(v) for k, v in DEFAULT_SPEC.items()}
     spec["agentview_image"]["shape"] = [image_size, image_size, 3]
-    agent = CalQLAgent(spec, 4, CalQLConfig(), EncoderConfig())
+    agent = make_agent(CalQLConfig(), spec, 4, EncoderConfig())
     config = {"algo": asdict(CalQLConfig()), "encoder": asdict(EncoderConfig())}
     save_checkpoint(path, {"algo": "calql", "config": config, "obs_spec": spec, "action_dim": 4,
                            "env": {"name": "pickplace", "kwargs": {"image_size": image_size}},

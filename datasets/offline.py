@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from datasets.replay import ObsSpec, ReplayBuffer
-from datasets.returns import episode_mc_returns, transform_rewards
+from datasets.returns import RewardConfig, episode_rewards_and_returns
 from datasets.robomimic_hdf5 import demo_names
 
 log = logging.getLogger(__name__)
@@ -52,16 +52,6 @@ class OfflineEpisode:
 
     def __len__(self) -> int:
         return len(self.actions)
-
-
-@dataclass
-class RewardConfig:
-    # -10 per step, 0 at success. The scale sets the reward's size against CQL's penalty,
-    # whose pull on Q is in absolute units: at scale 1 that pull outweighed the -1 per step
-    # and the critic drifted above every possible return (measured; README).
-    scale: float = 10.0
-    bias: float = -10.0
-    sparse: bool = True  # episodes with no positive reward get the infinite-horizon failure value
 
 
 @dataclass
@@ -191,15 +181,9 @@ def load_replay(
     transitions = sum(len(e) for e in episodes)
     buffer = ReplayBuffer(obs_spec, episodes[0].actions.shape[1], transitions, transitions + len(episodes))
     for episode in episodes:
-        buffer.add_episode(
-            episode.obs,
-            episode.next_obs,
-            actions=episode.actions,
-            rewards=transform_rewards(episode.rewards, reward.scale, reward.bias),
-            terminals=episode.terminals,
-            timeouts=episode.timeouts,
-            mc_returns=episode_mc_returns(episode.rewards, episode.terminals, gamma, reward.scale, reward.bias, reward.sparse),
-        )
+        rewards, returns = episode_rewards_and_returns(episode.rewards, episode.terminals, gamma, reward)
+        buffer.add_episode(episode.obs, episode.next_obs, actions=episode.actions, rewards=rewards,
+                           terminals=episode.terminals, timeouts=episode.timeouts, mc_returns=returns)
     log.info(
         "loaded %s: %d episodes, %d transitions, %d terminals, replay %.1f MB",
         path, stats.episodes, stats.transitions, stats.terminals, buffer.nbytes / 2**20,

@@ -9,12 +9,59 @@ Every transition carries ``terminals`` (the task ended: no bootstrapping) apart 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Union
 
 import numpy as np
+import torch
 
 ObsSpec = dict[str, dict[str, Any]]  # key -> {"shape": [...], "dtype": "uint8" | "float32"}
 TRANSITION_KEYS = ("actions", "rewards", "terminals", "timeouts", "mc_returns")
+
+
+Array = Union[np.ndarray, torch.Tensor]
+
+
+@dataclass
+class Batch:
+    """A batch of transitions: the one shape every agent's ``update`` takes.
+
+    ``discounts`` is the factor of the bootstrap value: gamma for one-step transitions,
+    gamma**m for an n-step transition that took m steps. ``to_torch`` makes tensors on a
+    device (the model boundary); images stay uint8 HWC until the encoder.
+    """
+
+    obs: dict[str, Array]
+    next_obs: dict[str, Array]
+    actions: Array
+    rewards: Array
+    terminals: Array
+    timeouts: Array
+    mc_returns: Array
+    discounts: Array
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def to_torch(self, device: torch.device | str) -> "Batch":
+        def convert(value: Array) -> torch.Tensor:
+            return torch.as_tensor(value).to(device, non_blocking=True)
+
+        return Batch(**{
+            f.name: ({k: convert(v) for k, v in getattr(self, f.name).items()} if f.name in ("obs", "next_obs")
+                     else convert(getattr(self, f.name)))
+            for f in fields(self)
+        })
+
+    @staticmethod
+    def concatenate(parts: list["Batch"]) -> "Batch":
+        if len(parts) == 1:
+            return parts[0]
+        return Batch(**{
+            f.name: ({k: np.concatenate([getattr(p, f.name)[k] for p in parts]) for k in getattr(parts[0], f.name)}
+                     if f.name in ("obs", "next_obs") else np.concatenate([getattr(p, f.name) for p in parts]))
+            for f in fields(Batch)
+        })
 
 
 def is_image(spec: dict[str, Any]) -> bool:
@@ -99,7 +146,7 @@ class ReplayBuffer:
             stats[key] = (values.mean(axis=0), values.std(axis=0))
         return stats
 
-    def gather(self, index: np.ndarray, n_step: int = 1, gamma: float | None = None) -> dict[str, Any]:
+    def gather(self, index: np.ndarray, gamma: float, n_step: int = 1) -> Batch:
         """The transitions at ``index`` as a batch of numpy arrays.
 
         With ``n_step`` > 1 each transition spans up to n steps of its episode, stopping early
@@ -107,10 +154,11 @@ class ReplayBuffer:
         ``terminals`` and ``timeouts`` are those of the last step, and ``discounts`` holds
         gamma**m for the m steps taken (the factor of the bootstrap value).
         """
-        last = index
+        if n_step < 1:
+            raise ValueError(f"n_step must be >= 1, got {n_step}")
+        last, steps = index, np.ones(len(index), np.int64)
+        rewards = self.data["rewards"][index]
         if n_step > 1:
-            if gamma is None:
-                raise ValueError("n-step transitions need the discount gamma")
             offsets = np.arange(n_step)
             rows = index[:, None] + offsets  # (B, n)
             in_episode = rows < self.episode_end[index][:, None]
@@ -119,20 +167,77 @@ class ReplayBuffer:
             taken = in_episode & (np.cumsum(terminal, axis=1) - terminal == 0)  # up to the first terminal
             steps = taken.sum(axis=1)
             last = index + steps - 1
+            rewards = (self.data["rewards"][rows] * taken * gamma ** offsets).sum(axis=1).astype(np.float32)
         obs = {k: self.frames[k][self.obs_frame[index]] for k in self.image_keys}
         next_obs = {k: self.frames[k][self.next_frame[last]] for k in self.image_keys}
         for k in self.lowdim_keys:
             obs[k] = self.lowdim[k][index]
             next_obs[k] = self.next_lowdim[k][last]
-        batch = {"obs": obs, "next_obs": next_obs, **{key: value[index] for key, value in self.data.items()}}
-        if n_step > 1:
-            batch["rewards"] = (self.data["rewards"][rows] * taken * gamma ** offsets).sum(axis=1).astype(np.float32)
-            batch["terminals"] = self.data["terminals"][last]
-            batch["timeouts"] = self.data["timeouts"][last]
-            batch["discounts"] = (gamma ** steps).astype(np.float32)
-        return batch
+        return Batch(
+            obs=obs, next_obs=next_obs, actions=self.data["actions"][index], rewards=rewards,
+            terminals=self.data["terminals"][last], timeouts=self.data["timeouts"][last],
+            mc_returns=self.data["mc_returns"][index], discounts=(gamma ** steps).astype(np.float32),
+        )
 
-    def sample(self, batch_size: int, rng: np.random.Generator, n_step: int = 1, gamma: float | None = None) -> dict[str, Any]:
+    def sample(self, batch_size: int, rng: np.random.Generator, gamma: float, n_step: int = 1) -> Batch:
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay")
-        return self.gather(rng.integers(0, self.size, size=batch_size), n_step, gamma)
+        return self.gather(rng.integers(0, self.size, size=batch_size), gamma, n_step)
+
+    # --------------------------------------------------------------------- (de)serialisation
+    def state_dict(self) -> dict[str, Any]:
+        """The filled part of the buffer as tensors (for weights-only checkpoints)."""
+        n, f = self.size, self.num_frames
+        return {
+            "size": n, "num_frames": f, "num_episodes": self.num_episodes,
+            "frames": {k: torch.from_numpy(v[:f].copy()) for k, v in self.frames.items()},
+            "lowdim": {k: torch.from_numpy(v[:n].copy()) for k, v in self.lowdim.items()},
+            "next_lowdim": {k: torch.from_numpy(v[:n].copy()) for k, v in self.next_lowdim.items()},
+            "episode_end": torch.from_numpy(self.episode_end[:n].copy()),
+            "obs_frame": torch.from_numpy(self.obs_frame[:n].copy()),
+            "next_frame": torch.from_numpy(self.next_frame[:n].copy()),
+            "data": {k: torch.from_numpy(v[:n].copy()) for k, v in self.data.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        n, f = int(state["size"]), int(state["num_frames"])
+        if n > self.capacity or f > self.frame_capacity:
+            raise ValueError(f"saved replay of {n} transitions does not fit a buffer of capacity {self.capacity}")
+        for k in self.frames:
+            self.frames[k][:f] = state["frames"][k].numpy()
+        for k in self.lowdim:
+            self.lowdim[k][:n] = state["lowdim"][k].numpy()
+            self.next_lowdim[k][:n] = state["next_lowdim"][k].numpy()
+        for name in ("episode_end", "obs_frame", "next_frame"):
+            getattr(self, name)[:n] = state[name].numpy()
+        for k in self.data:
+            self.data[k][:n] = state["data"][k].numpy()
+        self.size, self.num_frames, self.num_episodes = n, f, int(state["num_episodes"])
+
+
+SAMPLING_MODES = ("mixed", "uniform")
+
+
+def sample_offline_online(
+    offline: ReplayBuffer | None, online: ReplayBuffer, batch_size: int, rng: np.random.Generator,
+    gamma: float, n_step: int = 1, mode: str = "mixed", offline_ratio: float = 0.5,
+) -> Batch:
+    """A batch from offline data and the online buffer.
+
+    ``mixed`` (Cal-QL's protocol): ``round(offline_ratio * batch_size)`` offline transitions and
+    the rest online. ``uniform`` (AWAC's protocol): uniformly over the union of both, as if they
+    were one buffer. While one buffer is empty (or there is no offline data) the whole batch
+    comes from the other.
+    """
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"unknown sampling mode {mode!r}; available: {', '.join(SAMPLING_MODES)}")
+    num_offline_data = len(offline) if offline is not None else 0
+    if num_offline_data == 0 or len(online) == 0:
+        num_offline = batch_size if num_offline_data else 0
+    elif mode == "mixed":
+        num_offline = round(offline_ratio * batch_size)
+    else:
+        num_offline = int((rng.integers(0, num_offline_data + len(online), size=batch_size) < num_offline_data).sum())
+    parts = [buffer.sample(count, rng, gamma, n_step)
+             for buffer, count in ((offline, num_offline), (online, batch_size - num_offline)) if count]
+    return Batch.concatenate(parts)

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass
+class RewardConfig:
+    # -10 per step, 0 at success. The scale sets the reward's size against CQL's penalty,
+    # whose pull on Q is in absolute units: at scale 1 that pull outweighed the -1 per step
+    # and the critic drifted above every possible return (measured; README).
+    scale: float = 10.0
+    bias: float = -10.0
+    sparse: bool = True  # episodes with no positive reward get the infinite-horizon failure value
 
 
 def transform_rewards(rewards: np.ndarray, scale: float, bias: float) -> np.ndarray:
@@ -37,19 +49,16 @@ def mc_returns(
     return returns.astype(np.float32)
 
 
-def episode_mc_returns(
-    raw_rewards: np.ndarray,
-    terminals: np.ndarray,
-    gamma: float,
-    scale: float,
-    bias: float,
-    sparse: bool,
-) -> np.ndarray:
-    """MC returns of one episode from its raw rewards, per the project's reward convention.
+def episode_rewards_and_returns(
+    raw_rewards: np.ndarray, terminals: np.ndarray, gamma: float, reward: RewardConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Transformed rewards and MC returns of one episode from its raw rewards: the one place
+    where offline files and online episodes get the values the critic learns from.
 
-    With ``sparse`` rewards, an episode whose raw rewards are never positive never succeeded
+    With ``reward.sparse``, an episode whose raw rewards are never positive never succeeded
     and gets the infinite-horizon failure value ``(0 * scale + bias) / (1 - gamma)``.
     """
-    rewards = transform_rewards(raw_rewards, scale, bias)
-    failed = sparse and not np.any(np.asarray(raw_rewards) > 0)
-    return mc_returns(rewards, terminals, gamma, failure_value=bias / (1.0 - gamma) if failed else None)
+    rewards = transform_rewards(raw_rewards, reward.scale, reward.bias)
+    failed = reward.sparse and not np.any(np.asarray(raw_rewards) > 0)
+    returns = mc_returns(rewards, terminals, gamma, failure_value=reward.bias / (1.0 - gamma) if failed else None)
+    return rewards, returns

@@ -1,7 +1,9 @@
 """Cal-QL: CQL whose conservative penalty is bounded below by Monte-Carlo returns.
 
-This file is the SAC family the baselines share: ``algo=calql`` (the default), ``algo=cql``
-(no MC bound) and ``algo=sac`` (no conservative penalty, entropy in the backup: online SAC).
+This file is the SAC family: ``algo=calql`` (the default), ``algo=cql`` (no MC bound) and
+``algo=sac`` (no conservative penalty, entropy in the backup: online SAC). What an algorithm
+does follows from its name alone: its config class (``SACConfig``, ``CQLConfig``,
+``CalQLConfig``) has the fields it uses and no switch that could contradict the name.
 
 Nakamoto et al., "Cal-QL: Calibrated Offline RL Pre-Training for Efficient Online
 Fine-Tuning" (NeurIPS 2023). The only change to CQL: inside the CQL regulariser, Q-values of
@@ -21,57 +23,55 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from datasets.replay import ObsSpec
+from datasets.replay import Batch, ObsSpec
 from perception.encoders import EncoderConfig, ObservationEncoder
+from policy.agent import Agent, AlgoConfig, td_loss
 from policy.networks import EnsembleCritic, TanhGaussianActor, sample_tanh_gaussian, soft_update, tanh_gaussian_log_prob
 
 
 @dataclass
-class CalQLConfig:
-    name: str = "calql"
-    calibrated: bool = True  # the MC lower bound; False is CQL
-    gamma: float = 0.99
-    n_step: int = 1  # TD targets over n dataset steps (the replay builds them); 1 = the reference
+class SACConfig(AlgoConfig):
+    name: str = "sac"
     actor_lr: float = 1e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 1e-4
-    tau: float = 5e-3
-    hidden_dim: int = 256
-    conservative: bool = True  # the CQL regulariser; False is SAC
+    backup_num_actions: int = 1  # max target backup over this many policy samples; 1 = plain
+    entropy_backup: bool = True  # subtract alpha * logpi(a'|s') in the TD target (SAC)
+    init_entropy_alpha: float = 1.0
+    target_entropy: Optional[float] = None  # default: -action_dim
+    # Behaviour-cloning warm start of the actor for the first bc_steps updates (CQL's
+    # "policy_eval_start"): the actor loss is alpha * logpi(a~pi) - logpi(a_data).
+    bc_steps: int = 0
+    # After the warm start, add w * mean|Q| * |tanh(mean) - a_data|^2 to the actor loss (TD3+BC's
+    # constraint, scale-free in Q; TD3+BC's lambda 2.5 is w = 0.4). 0 is the reference.
+    actor_bc_weight: float = 0.0
+    # The actor gets its own encoder, trained by the actor's loss (robomimic's layout), instead
+    # of reading the critic's features detached (DrQ's).
+    separate_actor_encoder: bool = False
+
+
+@dataclass
+class CQLConfig(SACConfig):
+    name: str = "cql"
+    backup_num_actions: int = 10
+    entropy_backup: bool = False
     cql_alpha: float = 5.0
     cql_num_actions: int = 10
     cql_temperature: float = 1.0
     cql_lagrange: bool = False  # adapt alpha so the CQL gap approaches cql_target_action_gap
     cql_target_action_gap: float = 0.8
-    backup_num_actions: int = 10  # max target backup over this many policy samples; 1 = plain
-    entropy_backup: bool = False  # subtract alpha * logpi(a'|s') in the TD target (SAC)
-    init_entropy_alpha: float = 1.0
-    # Behaviour-cloning warm start of the actor for the first bc_steps updates (CQL's
-    # "policy_eval_start"): the actor loss is alpha * logpi(a~pi) - logpi(a_data).
-    bc_steps: int = 0
-    # The actor gets its own encoder, trained by the actor's loss (robomimic's layout), instead
-    # of reading the critic's features detached (DrQ's).
-    separate_actor_encoder: bool = False
-    # After the warm start, add w * mean|Q| * |tanh(mean) - a_data|^2 to the actor loss (TD3+BC's
-    # constraint, scale-free in Q; TD3+BC's lambda 2.5 is w = 0.4). 0 is the reference.
-    actor_bc_weight: float = 0.0
-    target_entropy: float | None = None  # default: -action_dim
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+@dataclass
+class CalQLConfig(CQLConfig):
+    """CQL's fields; the name alone switches the Monte-Carlo lower bound on."""
 
-
-def td_loss(q_data: torch.Tensor, td_target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum over Q heads of the mean squared TD error. ``q_data``: (C, B), ``td_target``: (B,)."""
-    per_head = ((q_data - td_target.unsqueeze(0)) ** 2).mean(dim=1)
-    return per_head.sum(), {"td_loss": per_head.mean().item()}
+    name: str = "calql"
 
 
 def cql_penalty(
@@ -136,106 +136,64 @@ def entropy_alpha_loss(log_alpha: torch.Tensor, logp: torch.Tensor, target_entro
     return loss, {"entropy_alpha": log_alpha.exp().item()}
 
 
-def to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in obs.items()}
+class CalQLAgent(Agent):
+    """The SAC family's agent: Cal-QL, CQL or SAC by its config's class and name."""
 
-
-def _grad_norm(parameters) -> float:
-    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
-    return torch.stack(norms).norm().item() if norms else 0.0
-
-
-class CalQLAgent(nn.Module):
-    """``act(obs)``, ``update(batch) -> metrics``, ``state_dict``/``load_state_dict``."""
-
-    def __init__(self, obs_spec: ObsSpec, action_dim: int, config: CalQLConfig, encoder_config: EncoderConfig,
+    def __init__(self, obs_spec: ObsSpec, action_dim: int, config: SACConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
-        super().__init__()
-        if config.n_step < 1:
-            raise ValueError(f"algo.n_step must be >= 1, got {config.n_step}")
+        super().__init__(obs_spec, action_dim, config, encoder_config, device)
         if config.actor_bc_weight < 0:
             raise ValueError(f"algo.actor_bc_weight must be >= 0, got {config.actor_bc_weight}")
-        self.config = config
-        self.action_dim = action_dim
-        self.device = torch.device(device)
+        self.conservative = isinstance(config, CQLConfig)
+        self.calibrated = config.name == "calql"
         self.target_entropy = config.target_entropy if config.target_entropy is not None else -float(action_dim)
-        self.encoder = ObservationEncoder(obs_spec, encoder_config)
-        self.actor_encoder = ObservationEncoder(obs_spec, encoder_config) if config.separate_actor_encoder else None
+        if config.separate_actor_encoder:
+            self.actor_encoder = ObservationEncoder(obs_spec, encoder_config)
         self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor = TanhGaussianActor(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.log_entropy_alpha = nn.Parameter(torch.tensor(math.log(config.init_entropy_alpha)))
-        self.log_cql_alpha = nn.Parameter(torch.tensor(math.log(max(config.cql_alpha, 1e-8))))
+        if self.conservative:
+            self.log_cql_alpha = nn.Parameter(torch.tensor(math.log(max(config.cql_alpha, 1e-8))))
         self.to(self.device)
-        self.critic_optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr)
-        actor_parameters = [*self.actor.parameters(), *(self.actor_encoder.parameters() if self.actor_encoder else [])]
-        self.actor_optimizer = torch.optim.Adam(actor_parameters, lr=config.actor_lr)
-        self.entropy_optimizer = torch.optim.Adam([self.log_entropy_alpha], lr=config.alpha_lr)
-        self.cql_alpha_optimizer = torch.optim.Adam([self.log_cql_alpha], lr=config.critic_lr)
-        self.num_updates = 0
-
-    # ----------------------------------------------------------------------------- acting
-    @torch.no_grad()
-    def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
-        """Actions for a batch of observations (dict of (B, ...) arrays), in [-1, 1]."""
-        features = (self.actor_encoder or self.encoder)(to_torch(obs, self.device))
-        if deterministic:
-            actions = self.actor.deterministic(features)
-        else:
-            actions = self.actor.sample(features, 1)[0][:, 0]
-        return actions.cpu().numpy()
-
-    @torch.no_grad()
-    def q_values(self, obs: dict[str, np.ndarray], actions: np.ndarray | None = None) -> np.ndarray:
-        """min over heads of Q(s, a); a defaults to the deterministic policy action."""
-        obs_t = to_torch(obs, self.device)
-        features = self.encoder(obs_t)
-        if actions is None:
-            actor_features = features if self.actor_encoder is None else self.actor_encoder(obs_t)
-            a = self.actor.deterministic(actor_features)
-        else:
-            a = torch.as_tensor(actions, device=self.device)
-        return self.critic(features, a.unsqueeze(1)).min(dim=0).values[:, 0].cpu().numpy()
-
-    def set_lowdim_normalization(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        """Standardise low-dimensional inputs with the training data's statistics (every encoder)."""
-        for encoder in (self.encoder, self.actor_encoder):
-            if encoder is not None:
-                encoder.set_lowdim_normalization(stats)
+        actor_encoder_parameters = list(self.actor_encoder.parameters()) if self.actor_encoder else []
+        self.optimizers = {
+            "critic": torch.optim.Adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr),
+            "actor": torch.optim.Adam([*self.actor.parameters(), *actor_encoder_parameters], lr=config.actor_lr),
+            "entropy_alpha": torch.optim.Adam([self.log_entropy_alpha], lr=config.alpha_lr),
+        }
+        if self.conservative and config.cql_lagrange:
+            self.optimizers["cql_alpha"] = torch.optim.Adam([self.log_cql_alpha], lr=config.critic_lr)
 
     # --------------------------------------------------------------------------- learning
-    def update(self, batch: dict[str, Any]) -> dict[str, float]:
+    def update(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
-        obs = to_torch(batch["obs"], self.device)
-        next_obs = to_torch(batch["next_obs"], self.device)
-        actions = torch.as_tensor(batch["actions"], device=self.device)
-        rewards = torch.as_tensor(batch["rewards"], device=self.device)
-        terminals = torch.as_tensor(batch["terminals"], device=self.device)
-        mc_returns = torch.as_tensor(batch["mc_returns"], device=self.device)
-        # n-step batches carry gamma**m for the m steps each transition spans.
-        discounts = torch.as_tensor(batch["discounts"], device=self.device) if "discounts" in batch else cfg.gamma
-        batch_size, n = actions.shape[0], cfg.cql_num_actions
+        batch = batch.to_torch(self.device)
+        actions = batch.actions
 
-        features = self.encoder(obs, augment=True)
-        actor_features = self.actor_encoder(obs, augment=True) if self.actor_encoder else features.detach()
+        # augment and encode once; the actor reads the critic's features detached
+        features = self.encoder(batch.obs, augment=True)
+        actor_features = self.actor_encoder(batch.obs, augment=True) if self.actor_encoder else features.detach()
         with torch.no_grad():
-            next_features = self.encoder(next_obs, augment=True)
-            next_actor_features = self.actor_encoder(next_obs, augment=True) if self.actor_encoder else next_features
+            next_features = self.encoder(batch.next_obs, augment=True)
+            next_actor_features = self.actor_encoder(batch.next_obs, augment=True) if self.actor_encoder else next_features
             next_mean, next_log_std = self.actor(next_actor_features)
             backup_actions, backup_logp = sample_tanh_gaussian(next_mean, next_log_std, cfg.backup_num_actions)
             backup_q = self.target_critic(next_features, backup_actions).min(dim=0).values
             if cfg.entropy_backup:
                 backup_q = backup_q - self.log_entropy_alpha.exp() * backup_logp
             target_q = backup_q.max(dim=1).values
-            td_target = rewards + discounts * (1.0 - terminals) * target_q
+            td_target = batch.rewards + batch.discounts * (1.0 - batch.terminals) * target_q
 
-        if not cfg.conservative:
+        # critic: TD loss, plus the (calibrated) conservative penalty
+        if not self.conservative:
             q_data = self.critic(features, actions.unsqueeze(1))[:, :, 0]
             critic_loss, metrics = td_loss(q_data, td_target)
             penalty, cql_alpha = torch.zeros(()), torch.zeros(())
         else:
+            n = cfg.cql_num_actions
             with torch.no_grad():
-                random_actions = torch.empty(batch_size, n, self.action_dim, device=self.device).uniform_(-1.0, 1.0)
+                random_actions = torch.empty(len(batch), n, self.action_dim, device=self.device).uniform_(-1.0, 1.0)
                 current_actions, logp_current = sample_tanh_gaussian(*self.actor(actor_features.detach()), n)
                 next_actions, logp_next = sample_tanh_gaussian(next_mean, next_log_std, n)
             all_actions = torch.cat([actions.unsqueeze(1), random_actions, current_actions, next_actions], dim=1)
@@ -245,7 +203,7 @@ class CalQLAgent(nn.Module):
             loss_td, metrics = td_loss(q_data, td_target)
             gap, cql_metrics = cql_penalty(
                 q_data, q_random, q_current, q_next, logp_current, logp_next,
-                mc_returns if cfg.calibrated else None, self.action_dim, cfg.cql_temperature,
+                batch.mc_returns if self.calibrated else None, self.action_dim, cfg.cql_temperature,
             )
             metrics.update(cql_metrics)
             if cfg.cql_lagrange:
@@ -255,19 +213,14 @@ class CalQLAgent(nn.Module):
                 cql_alpha = torch.tensor(cfg.cql_alpha)
                 penalty = cfg.cql_alpha * gap.sum()
             critic_loss = loss_td + penalty
-        self._check_finite(critic_loss, "critic_loss")
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        metrics["critic_grad_norm"] = _grad_norm(self.critic.parameters())
-        metrics["encoder_grad_norm"] = _grad_norm(self.encoder.parameters())
-        self.critic_optimizer.step()
-        if cfg.conservative and cfg.cql_lagrange:
+        metrics.update(self.step("critic", critic_loss, "critic_loss",
+                                 {"critic": self.critic.parameters(), "encoder": self.encoder.parameters()}))
+        if self.conservative and cfg.cql_lagrange:
             cql_alpha_loss = -(self.log_cql_alpha.exp() * (gap.detach() - cfg.cql_target_action_gap)).sum()
-            self.cql_alpha_optimizer.zero_grad(set_to_none=True)
-            cql_alpha_loss.backward()
-            self.cql_alpha_optimizer.step()
+            self.step("cql_alpha", cql_alpha_loss, "cql_alpha_loss")
 
-        # The critic is only read here; its encoder gets no gradient from the actor.
+        # actor: behaviour cloning during the warm start, then SAC (+ the optional BC term);
+        # the critic is only read here, so its encoder gets no gradient from the actor
         mean, log_std = self.actor(actor_features)
         policy_actions, logp = sample_tanh_gaussian(mean, log_std, 1)
         entropy_alpha = self.log_entropy_alpha.exp().detach()
@@ -283,20 +236,16 @@ class CalQLAgent(nn.Module):
                 actor_loss = actor_loss + regularizer
                 actor_metrics.update(bc_metrics)
             self.critic.requires_grad_(True)
-        self._check_finite(actor_loss, "actor_loss")
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        metrics["actor_grad_norm"] = _grad_norm(self.actor.parameters())
+        norms = {"actor": self.actor.parameters()}
         if self.actor_encoder is not None:
-            metrics["actor_encoder_grad_norm"] = _grad_norm(self.actor_encoder.parameters())
-        self.actor_optimizer.step()
+            norms["actor_encoder"] = self.actor_encoder.parameters()
+        metrics.update(self.step("actor", actor_loss, "actor_loss", norms))
+
+        # entropy coefficient: tuned for the RL actor loss; during the BC warm start it would
+        # only drift away from the value the RL phase starts with
         alpha_loss, alpha_metrics = entropy_alpha_loss(self.log_entropy_alpha, logp, self.target_entropy)
         if self.num_updates >= cfg.bc_steps:
-            # The coefficient is tuned for the RL actor loss; during the BC warm start it would
-            # only drift away from the value the RL phase starts with.
-            self.entropy_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.entropy_optimizer.step()
+            self.step("entropy_alpha", alpha_loss, "entropy_alpha_loss")
         soft_update(self.target_critic, self.critic, cfg.tau)
         self.num_updates += 1
 
@@ -308,30 +257,6 @@ class CalQLAgent(nn.Module):
             cql_alpha=float(cql_alpha),
             q_data=q_data.mean().item(),
             td_target=td_target.mean().item(),
-            mc_returns=mc_returns.mean().item(),
+            mc_returns=batch.mc_returns.mean().item(),
         )
         return metrics
-
-    def _check_finite(self, loss: torch.Tensor, name: str) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite {name} ({loss.item()}) at update {self.num_updates}")
-
-    # ----------------------------------------------------------------------- checkpoints
-    def training_state(self) -> dict[str, Any]:
-        """Weights, optimiser states and counters (tensors and plain Python values only)."""
-        return {
-            "model": self.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "entropy_optimizer": self.entropy_optimizer.state_dict(),
-            "cql_alpha_optimizer": self.cql_alpha_optimizer.state_dict(),
-            "num_updates": self.num_updates,
-        }
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        self.load_state_dict(state["model"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.entropy_optimizer.load_state_dict(state["entropy_optimizer"])
-        self.cql_alpha_optimizer.load_state_dict(state["cql_alpha_optimizer"])
-        self.num_updates = int(state["num_updates"])

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+# 2: optimiser states by name, algorithm configs without the calibrated/conservative switches
+FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "algo", "config", "obs_spec", "action_dim", "env", "agent", "step")
 
 
@@ -60,21 +61,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise ValueError(f"{path}: not a checkpoint of this project (missing {missing})")
     if checkpoint["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {checkpoint['format_version']}, expected {FORMAT_VERSION}")
+        raise ValueError(f"{path}: checkpoint format {checkpoint['format_version']}, this version reads "
+                         f"{FORMAT_VERSION}; train it again with this version")
     return checkpoint
 
 
 def restore_agent(checkpoint: dict[str, Any], device: str | torch.device = "cpu"):
     """The agent a checkpoint describes, with its weights and optimiser states loaded."""
     from perception.encoders import EncoderConfig
-    from policy.calql import CalQLAgent, CalQLConfig
+    from policy.algorithms import algo_config, make_agent
 
     config = checkpoint["config"]
-    if checkpoint["algo"] not in ("calql", "cql", "sac"):
-        raise ValueError(f"checkpoint of algo {checkpoint['algo']!r}: no agent of that name here")
-    agent = CalQLAgent(
-        checkpoint["obs_spec"], int(checkpoint["action_dim"]),
-        CalQLConfig(**config["algo"]), EncoderConfig(**config["encoder"]), device,
-    )
+    agent = make_agent(algo_config(config["algo"]), checkpoint["obs_spec"], int(checkpoint["action_dim"]),
+                       EncoderConfig(**config["encoder"]), device)
     agent.load_training_state(checkpoint["agent"])
     return agent

@@ -1,4 +1,9 @@
-"""The typed config tree of the training entry points (hydra structured configs)."""
+"""The typed config tree of the training entry points (hydra structured configs).
+
+Each algorithm's config class is the schema of its file in the ``algo`` group
+(``configs/algo/<name>.yaml`` starts from ``<name>_schema``), so ``algo=iql algo.expectile=0.9``
+is type-checked and a field of another algorithm is rejected.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
-from datasets.offline import RewardConfig
+from datasets.returns import RewardConfig
 from perception.encoders import EncoderConfig
-from policy.calql import CalQLConfig
+from policy.algorithms import REGISTRY
 
 
 @dataclass
@@ -32,7 +38,7 @@ class EnvConfig:
 @dataclass
 class PretrainConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    algo: CalQLConfig = field(default_factory=CalQLConfig)
+    algo: Any = MISSING  # one of the registered algorithms' configs (configs/algo)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     steps: int = 10000
@@ -50,13 +56,17 @@ class PretrainConfig:
 
 
 ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)
+for _name, _algorithm in REGISTRY.items():
+    ConfigStore.instance().store(group="algo", name=f"{_name}_schema", node=_algorithm.config)
 
 
 @dataclass
 class FinetuneConfig:
     checkpoint: Optional[str] = None  # pretrained checkpoint; null: train `algo` from scratch
-    algo: CalQLConfig = field(default_factory=CalQLConfig)  # from scratch only
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # from scratch only
+    # From scratch only (a checkpoint brings its own): null is SAC with the conv encoder. The
+    # run's config.yaml records the algorithm and encoder actually trained.
+    algo: Any = None
+    encoder: Optional[EncoderConfig] = None
     env: EnvConfig = field(default_factory=EnvConfig)  # kwargs override the checkpoint's env
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # offline data for mixed batches
     offline_data: bool = True  # mix offline transitions into every batch
@@ -64,7 +74,8 @@ class FinetuneConfig:
     env_steps: int = 10000
     num_envs: int = 2
     utd: float = 1.0  # gradient updates per env step, applied when an episode ends
-    mixing_ratio: float = 0.5  # share of each batch drawn from the offline data
+    sampling: str = "mixed"  # mixed: mixing_ratio per batch; uniform: one buffer of both (AWAC)
+    mixing_ratio: float = 0.5  # share of each batch drawn from the offline data (sampling=mixed)
     batch_size: int = 256
     eval_every: int = 2000  # env steps
     eval_episodes: int = 10

@@ -43,7 +43,7 @@ class PolicyCore(nn.Module):
 
     def __init__(self, agent, obs_keys: list[str]) -> None:
         super().__init__()
-        self.encoder = agent.actor_encoder if agent.actor_encoder is not None else agent.encoder
+        self.encoder = agent.policy_encoder
         self.actor = agent.actor
         self.obs_keys = obs_keys
 

@@ -12,11 +12,12 @@ buffer, so ``resume=true`` continues a killed run; episodes in progress at the k
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -28,64 +29,21 @@ from omegaconf import OmegaConf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import sim  # noqa: E402
-from datasets.offline import RewardConfig, load_replay  # noqa: E402
-from datasets.replay import ReplayBuffer  # noqa: E402
-from datasets.returns import episode_mc_returns, transform_rewards  # noqa: E402
-from policy.calql import CalQLAgent  # noqa: E402
+from datasets.offline import load_replay  # noqa: E402
+from datasets.replay import SAMPLING_MODES, ReplayBuffer, sample_offline_online  # noqa: E402
+from datasets.returns import RewardConfig, episode_rewards_and_returns  # noqa: E402
+from perception.encoders import EncoderConfig  # noqa: E402
+from policy.agent import Agent  # noqa: E402
+from policy.algorithms import algo_config, check_config, make_agent  # noqa: E402
+from policy.calql import SACConfig  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import FinetuneConfig  # noqa: E402
 from policy.evaluation import Evaluator  # noqa: E402
 from policy.logger import MetricLogger  # noqa: E402
-from policy.run import run_workspace  # noqa: E402
 from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path, resolve_device  # noqa: E402
+from policy.run import reject_unknown_algorithm, run_workspace  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def mixed_batch(offline: ReplayBuffer | None, online: ReplayBuffer, batch_size: int, ratio: float,
-                rng: np.random.Generator, n_step: int = 1, gamma: float | None = None) -> dict[str, Any]:
-    """``round(ratio * batch_size)`` offline transitions and the rest online (all from
-    whichever buffer has data while the other is empty); ``n_step``/``gamma`` as in
-    ``ReplayBuffer.gather``."""
-    num_offline = round(ratio * batch_size) if offline is not None and len(online) else (batch_size if offline is not None else 0)
-    parts = [buffer.sample(n, rng, n_step, gamma) for buffer, n in ((offline, num_offline), (online, batch_size - num_offline)) if n]
-    if len(parts) == 1:
-        return parts[0]
-    return {
-        key: ({k: np.concatenate([p[key][k] for p in parts]) for k in parts[0][key]} if isinstance(parts[0][key], dict)
-              else np.concatenate([p[key] for p in parts]))
-        for key in parts[0]
-    }
-
-
-def buffer_state(buffer: ReplayBuffer) -> dict[str, Any]:
-    """The filled part of a replay buffer as tensors (for weights-only checkpoints)."""
-    n, f = buffer.size, buffer.num_frames
-    return {
-        "size": n, "num_frames": f, "num_episodes": buffer.num_episodes,
-        "frames": {k: torch.from_numpy(v[:f].copy()) for k, v in buffer.frames.items()},
-        "lowdim": {k: torch.from_numpy(v[:n].copy()) for k, v in buffer.lowdim.items()},
-        "next_lowdim": {k: torch.from_numpy(v[:n].copy()) for k, v in buffer.next_lowdim.items()},
-        "episode_end": torch.from_numpy(buffer.episode_end[:n].copy()),
-        "obs_frame": torch.from_numpy(buffer.obs_frame[:n].copy()),
-        "next_frame": torch.from_numpy(buffer.next_frame[:n].copy()),
-        "data": {k: torch.from_numpy(v[:n].copy()) for k, v in buffer.data.items()},
-    }
-
-
-def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
-    n, f = int(state["size"]), int(state["num_frames"])
-    for k in buffer.frames:
-        buffer.frames[k][:f] = state["frames"][k].numpy()
-    for k in buffer.lowdim:
-        buffer.lowdim[k][:n] = state["lowdim"][k].numpy()
-        buffer.next_lowdim[k][:n] = state["next_lowdim"][k].numpy()
-    buffer.episode_end[:n] = state["episode_end"].numpy()
-    buffer.obs_frame[:n] = state["obs_frame"].numpy()
-    buffer.next_frame[:n] = state["next_frame"].numpy()
-    for k in buffer.data:
-        buffer.data[k][:n] = state["data"][k].numpy()
-    buffer.size, buffer.num_frames, buffer.num_episodes = n, f, int(state["num_episodes"])
 
 
 class Workspace:
@@ -93,6 +51,8 @@ class Workspace:
         for name in ("env_steps", "num_envs", "batch_size", "eval_every", "eval_episodes", "eval_workers", "checkpoint_every", "log_every"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+        if cfg.sampling not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling mode {cfg.sampling!r}; available: {', '.join(SAMPLING_MODES)}")
         if not 0.0 <= cfg.mixing_ratio <= 1.0:
             raise ValueError(f"mixing_ratio must be in [0, 1], got {cfg.mixing_ratio}")
         if cfg.utd <= 0:
@@ -111,13 +71,17 @@ class Workspace:
         # The agent: pretrained, or from scratch. Everything is checked before any work.
         source = resumed or (load_checkpoint(cfg.checkpoint, self.device) if cfg.checkpoint else None)
         if source is not None:
-            self.agent: CalQLAgent = restore_agent(source, self.device)
+            self._check_no_algorithm_override(source, resumed is not None)
+            self.agent: Agent = restore_agent(source, self.device)
             self.env_name = source["env"]["name"]
             self.env_kwargs = {**source["env"]["kwargs"], **cfg.env.kwargs}
             self.obs_spec, self.algo = source["obs_spec"], source["algo"]
             offline_path = cfg.dataset.path or source.get("dataset")
             self.pretrain_config = source["config"]
         else:
+            cfg.algo = cfg.algo if cfg.algo is not None else SACConfig()
+            cfg.encoder = cfg.encoder if cfg.encoder is not None else EncoderConfig()
+            check_config(cfg.algo)
             self.env_name, self.env_kwargs = cfg.env.name, dict(cfg.env.kwargs)
             self.algo, offline_path, self.pretrain_config = cfg.algo.name, None, None
         probe = sim.make_env(self.env_name, **self.env_kwargs)
@@ -128,15 +92,20 @@ class Workspace:
             missing = sorted(set(cfg.dataset.obs_keys) - set(self.obs_spec))
             if missing:
                 raise ValueError(f"observation key(s) {missing} are not produced by env {self.env_name!r}")
-            self.agent = CalQLAgent(self.obs_spec, action_dim, cfg.algo, cfg.encoder, self.device)
+            self.agent = make_agent(cfg.algo, self.obs_spec, action_dim, cfg.encoder, self.device)
         check_obs_spec(self.obs_spec, probe.observation_space, self.env_name, "checkpoint")
         if cfg.actor_bc_weight is not None:
+            if not hasattr(self.agent.config, "actor_bc_weight"):
+                raise ValueError(f"actor_bc_weight applies to calql, cql and sac; algo {self.algo!r} has no such term")
             if cfg.actor_bc_weight < 0:
                 raise ValueError(f"actor_bc_weight must be >= 0, got {cfg.actor_bc_weight}")
             self.agent.config.actor_bc_weight = cfg.actor_bc_weight
         if action_dim != self.agent.action_dim:
             raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
         probe.close()
+        # What is trained is what the run records.
+        cfg.algo = self.agent.config
+        cfg.encoder = self.agent.encoder.config
         gamma, reward = self.agent.config.gamma, cfg.dataset.reward
         if source is not None and "dataset" in source["config"]:
             # The critic's values are in the units of the rewards it was trained on.
@@ -163,7 +132,7 @@ class Workspace:
         self.env_steps = self.updates = self.episodes = self.faults = 0
         self.eval_history: list[list[float]] = []  # (env_steps, success_rate)
         if resumed is not None:
-            load_buffer_state(self.online, resumed["online_buffer"])
+            self.online.load_state_dict(resumed["online_buffer"])
             counters = resumed["counters"]
             self.env_steps, self.updates = int(counters["env_steps"]), int(counters["updates"])
             self.episodes, self.faults = int(counters["episodes"]), int(counters["faults"])
@@ -175,13 +144,25 @@ class Workspace:
         self.evaluator = Evaluator(self.env_name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
 
+    def _check_no_algorithm_override(self, source: dict, resuming: bool) -> None:
+        """A checkpoint brings its algorithm and encoder; ``algo``/``encoder`` given beside one
+        would be silently ignored. On resume they may repeat the checkpoint's own values."""
+        saved = {"algo": algo_config(source["config"]["algo"]), "encoder": EncoderConfig(**source["config"]["encoder"])}
+        for group in ("algo", "encoder"):
+            given = getattr(self.cfg, group)
+            if given is not None and not (resuming and given == saved[group]):
+                raise ValueError(f"{group}=... cannot be combined with a checkpoint, which brings its own "
+                                 f"({group} {getattr(saved[group], 'name', '')!r}); drop the {group} override "
+                                 f"(online options such as actor_bc_weight, utd and mixing_ratio are top-level keys)")
+
     # ------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
+        config = {**(self.pretrain_config or {}),
+                  "algo": dataclasses.asdict(self.agent.config), "encoder": dataclasses.asdict(self.agent.encoder.config)}
+        config.setdefault("dataset", OmegaConf.to_container(OmegaConf.structured(self.cfg.dataset)))
         save_checkpoint(self.run_dir / "checkpoint.pt", {
             "algo": self.algo,
-            "config": self.pretrain_config or {"algo": OmegaConf.to_container(OmegaConf.structured(self.cfg.algo)),
-                                               "encoder": OmegaConf.to_container(OmegaConf.structured(self.cfg.encoder)),
-                                               "dataset": OmegaConf.to_container(OmegaConf.structured(self.cfg.dataset))},
+            "config": config,
             "finetune_config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
             "obs_spec": self.obs_spec,
             "action_dim": self.agent.action_dim,
@@ -191,7 +172,7 @@ class Workspace:
             "step": self.updates,
             "counters": {"env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes, "faults": self.faults},
             "eval_history": self.eval_history,
-            "online_buffer": buffer_state(self.online),
+            "online_buffer": self.online.state_dict(),
             "rng": rng_state(self.rng),
         })
 
@@ -263,8 +244,9 @@ class Workspace:
 
                 start = time.perf_counter()
                 while updates_due >= 1.0:
-                    batch = mixed_batch(self.offline, self.online, cfg.batch_size, cfg.mixing_ratio, self.rng,
-                                        self.agent.config.n_step, self.agent.config.gamma)
+                    batch = sample_offline_online(self.offline, self.online, cfg.batch_size, self.rng,
+                                                  self.agent.config.gamma, self.agent.config.n_step,
+                                                  cfg.sampling, cfg.mixing_ratio)
                     for key, value in self.agent.update(batch).items():
                         window.setdefault(key, []).append(value)
                     self.updates += 1
@@ -305,14 +287,12 @@ class Workspace:
         terminals = np.asarray(episode["terminals"], dtype=bool)
         timeouts = np.zeros(len(raw), bool)
         timeouts[-1] = not terminals[-1]
-        gamma = self.agent.config.gamma
+        rewards, returns = episode_rewards_and_returns(raw, terminals, self.agent.config.gamma, self.reward)
         self.online.add_episode(
             {k: np.stack([o[k] for o in episode["obs"]]) for k in keys},
             {k: np.stack([o[k] for o in episode["next_obs"]]) for k in keys},
             actions=np.asarray(episode["actions"], dtype=np.float32),
-            rewards=transform_rewards(raw, self.reward.scale, self.reward.bias),
-            terminals=terminals, timeouts=timeouts,
-            mc_returns=episode_mc_returns(raw, terminals, gamma, self.reward.scale, self.reward.bias, self.reward.sparse),
+            rewards=rewards, terminals=terminals, timeouts=timeouts, mc_returns=returns,
         )
         self.episodes += 1
         self.faults += int(fault)
@@ -335,4 +315,5 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
+    reject_unknown_algorithm(sys.argv[1:])
     main()

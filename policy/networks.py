@@ -44,17 +44,22 @@ class EnsembleCritic(nn.Module):
         return torch.baddbmm(self.b3, hidden, self.w3).view(self.num_critics, batch, num_actions)
 
 
+def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Two hidden ReLU layers: the shape of every actor and value head."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
 class TanhGaussianActor(nn.Module):
     """Gaussian policy squashed by tanh into [-1, 1]; the MLP runs once per state however
     many actions are sampled from it."""
 
     def __init__(self, feature_dim: int, action_dim: int, hidden_dim: int = 256) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(feature_dim, hidden_dim), nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, 2 * action_dim),
-        )
+        self.net = mlp(feature_dim, hidden_dim, 2 * action_dim)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.net(features).chunk(2, dim=-1)
@@ -66,6 +71,31 @@ class TanhGaussianActor(nn.Module):
     def sample(self, features: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised samples (B, N, A) and their log-probabilities (B, N)."""
         return sample_tanh_gaussian(*self(features), num_samples)
+
+
+class DeterministicActor(nn.Module):
+    """A deterministic policy: tanh of an MLP (TD3's actor)."""
+
+    def __init__(self, feature_dim: int, action_dim: int, hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.net = mlp(feature_dim, hidden_dim, action_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(features))
+
+    def deterministic(self, features: torch.Tensor) -> torch.Tensor:
+        return self(features)
+
+
+class ValueNetwork(nn.Module):
+    """State value V(s) on encoder features: (B, F) -> (B,)."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.net = mlp(feature_dim, hidden_dim, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1)
 
 
 def _tanh_log_det(pre_tanh: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,18 +26,17 @@ from tqdm import tqdm  # noqa: E402
 
 import sim  # noqa: E402
 from datasets.offline import load_replay  # noqa: E402
-from datasets.replay import ObsSpec, ReplayBuffer, is_image  # noqa: E402
+from datasets.replay import Batch, ObsSpec, ReplayBuffer, is_image  # noqa: E402
 from datasets.robomimic_hdf5 import read_env_args  # noqa: E402
-from policy.calql import CalQLAgent  # noqa: E402
+from policy.algorithms import check_config, make_agent  # noqa: E402
 from policy.checkpoint import rng_state, save_checkpoint  # noqa: E402
 from policy.config import DatasetConfig, PretrainConfig  # noqa: E402
 from policy.evaluation import Evaluator  # noqa: E402
 from policy.logger import MetricLogger  # noqa: E402
-from policy.run import run_workspace  # noqa: E402
+from policy.run import reject_unknown_algorithm, run_workspace  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
-ALGOS = ("calql", "cql", "sac")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,8 +77,7 @@ def check_obs_spec(obs_spec: ObsSpec, observation_space, env_name: str, source: 
 
 class Workspace:
     def __init__(self, cfg: PretrainConfig, run_dir: Path) -> None:
-        if cfg.algo.name not in ALGOS:
-            raise ValueError(f"unknown algo {cfg.algo.name!r}; available: {', '.join(ALGOS)}")
+        check_config(cfg.algo)
         for name in ("steps", "batch_size", "eval_every", "eval_episodes", "eval_workers", "log_every", "checkpoint_every"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
@@ -108,7 +107,7 @@ class Workspace:
         if self.replay.action_dim != action_dim:
             raise ValueError(f"action dimension mismatch: dataset {self.replay.action_dim}, env {cfg.env.name!r} {action_dim}")
 
-        self.agent = CalQLAgent(self.replay.obs_spec, action_dim, cfg.algo, cfg.encoder, self.device)
+        self.agent = make_agent(cfg.algo, self.replay.obs_spec, action_dim, cfg.encoder, self.device)
         self.agent.set_lowdim_normalization(self.replay.lowdim_stats())
         self.logger = MetricLogger(run_dir)
         self.evaluator = Evaluator(cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
@@ -116,7 +115,7 @@ class Workspace:
         self.best_success = -1.0
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
 
-    def _calibration_batch(self, path: Path) -> dict[str, Any]:
+    def _calibration_batch(self, path: Path) -> Batch:
         """Fixed dataset states (held-out split when the file has one) with MC returns."""
         cfg = self.cfg
         source: ReplayBuffer = self.replay
@@ -127,7 +126,7 @@ class Workspace:
             except ValueError as error:
                 log.info("calibration states from the training split (%s)", error)
         index = np.random.default_rng(cfg.seed + 1).integers(0, len(source), size=min(cfg.calibration_states, len(source)))
-        return source.gather(index)
+        return source.gather(index, cfg.algo.gamma)
 
     def checkpoint_payload(self) -> dict[str, Any]:
         return {
@@ -146,15 +145,15 @@ class Workspace:
         self.agent.eval()
         metrics = self.evaluator.run(lambda obs: self.agent.act(obs, deterministic=True), self.cfg.eval_episodes)
         batch = self.calibration_batch
-        q_policy = self.agent.q_values(batch["obs"])
-        q_data = self.agent.q_values(batch["obs"], batch["actions"])
+        q_policy = self.agent.q_values(batch.obs)
+        q_data = self.agent.q_values(batch.obs, batch.actions)
         metrics.update(
             q_policy=float(q_policy.mean()),
             q_data=float(q_data.mean()),
-            mc_return=float(batch["mc_returns"].mean()),
-            q_policy_minus_mc=float((q_policy - batch["mc_returns"]).mean()),
+            mc_return=float(batch.mc_returns.mean()),
+            q_policy_minus_mc=float((q_policy - batch.mc_returns).mean()),
             # Does the critic tell states that lead to success from those that do not?
-            q_data_mc_corr=float(np.corrcoef(q_data, batch["mc_returns"])[0, 1]),
+            q_data_mc_corr=float(np.corrcoef(q_data, batch.mc_returns)[0, 1]),
         )
         self.agent.train()
         return metrics
@@ -166,7 +165,7 @@ class Workspace:
         start = time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"pretrain {cfg.algo.name}", unit="step", dynamic_ncols=True)
         while self.step < cfg.steps:
-            metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng, cfg.algo.n_step, cfg.algo.gamma))
+            metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng, cfg.algo.gamma, cfg.algo.n_step))
             self.step += 1
             bar.update(1)
             for key, value in metrics.items():
@@ -207,4 +206,5 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
+    reject_unknown_algorithm(sys.argv[1:])
     main()

@@ -7,7 +7,21 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from policy.calql import NonFiniteLossError
+from policy.agent import NonFiniteLossError
+from policy.algorithms import REGISTRY, registered
+
+
+def reject_unknown_algorithm(argv: list[str]) -> None:
+    """An ``algo=NAME`` (or ``algo.name=NAME``, or a multirun list of names) on the command
+    line that names no registered algorithm: one line and exit 2, before hydra composes."""
+    for arg in argv:
+        key, assigned, value = arg.partition("=")
+        if not assigned or key.lstrip("+~") not in ("algo", "algo.name") or "(" in value:
+            continue
+        unknown = [name for name in value.split(",") if name not in REGISTRY]
+        if unknown:
+            print(f"error: unknown algorithm {unknown[0]!r}; registered: {registered()}", file=sys.stderr)
+            sys.exit(2)
 
 
 def run_workspace(make_workspace: Callable[[], Any], run_dir: Path) -> dict[str, float]:

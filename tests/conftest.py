@@ -27,13 +27,14 @@ def small_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained(small_dataset, tmp_path_factory):
     """A real checkpoint: a few Cal-QL updates on the collector-made dataset."""
+    from policy.calql import CalQLConfig
     from policy.config import DatasetConfig, PretrainConfig
     from policy.pretrain import Workspace
 
     run_dir = tmp_path_factory.mktemp("run")
-    config = PretrainConfig(dataset=DatasetConfig(path=str(small_dataset)), steps=3, eval_every=3, eval_episodes=1,
-                            eval_workers=1, checkpoint_every=3, batch_size=16, log_every=1, calibration_states=8)
-    config.algo.cql_num_actions = config.algo.backup_num_actions = 2
+    config = PretrainConfig(dataset=DatasetConfig(path=str(small_dataset)), algo=CalQLConfig(cql_num_actions=2, backup_num_actions=2),
+                            steps=3, eval_every=3, eval_episodes=1, eval_workers=1, checkpoint_every=3, batch_size=16,
+                            log_every=1, calibration_states=8)
     workspace = Workspace(config, run_dir)
     try:
         workspace.train()

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from policy.calql import bc_regularizer, cql_penalty, td_loss
+from policy.agent import td_loss
+from policy.calql import bc_regularizer, cql_penalty
 
 ACTION_DIM = 2
 
@@ -54,6 +55,19 @@ def test_calql_equals_cql_when_q_exceeds_the_mc_return():
     plain, _ = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, None, ACTION_DIM, 1.0)
     torch.testing.assert_close(calibrated, plain)
     assert metrics["bound_rate"] == 0.0
+
+
+def test_penalty_on_hand_computed_numbers():
+    # one head, one state, one sample of each kind, action_dim 2: the random action's density
+    # correction is -2 log 0.5 = log 4, so the terms are [0 + log 4, 1 - 1, 0 - 0]
+    one = lambda value: torch.tensor([[[value]]])  # noqa: E731
+    args = (torch.tensor([[0.0]]), one(0.0), one(0.0), one(1.0), torch.tensor([[0.0]]), torch.tensor([[1.0]]))
+    plain, _ = cql_penalty(*args, None, ACTION_DIM, 1.0)
+    assert plain.item() == pytest.approx(math.log(4 + 1 + 1))
+    # Cal-QL with an MC return of 2 lifts both policy terms to 2: [log 4, 2 - 1, 2 - 0]
+    calibrated, metrics = cql_penalty(*args, torch.tensor([2.0]), ACTION_DIM, 1.0)
+    assert calibrated.item() == pytest.approx(math.log(4 + math.e + math.e**2))
+    assert metrics["bound_rate"] == 1.0
 
 
 def test_temperature_and_td_loss():

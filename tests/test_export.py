@@ -131,14 +131,15 @@ def test_cpp_example_builds_and_matches_python(exported, tmp_path):
 def test_traced_core_uses_the_actor_encoder_when_it_is_separate():
     from datasets.replay import obs_spec_of
     from perception.encoders import EncoderConfig
-    from policy.calql import CalQLAgent, CalQLConfig
+    from policy.algorithms import make_agent
+    from policy.calql import CalQLConfig
     from policy.export import PolicyCore
 
     rng = np.random.default_rng(0)
     obs = {"agentview_image": rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8),
            "robot0_eef_pos": rng.normal(size=(3, 3)).astype(np.float32)}
     torch.manual_seed(0)
-    agent = CalQLAgent(obs_spec_of(obs), 4, CalQLConfig(separate_actor_encoder=True, hidden_dim=16),
+    agent = make_agent(CalQLConfig(separate_actor_encoder=True, hidden_dim=16), obs_spec_of(obs), 4,
                        EncoderConfig(channels=[4], feature_dim=8)).eval()
     keys = sorted(obs)
     core = torch.jit.trace(PolicyCore(agent, keys), ([torch.from_numpy(obs[k]) for k in keys],))

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.offline import RewardConfig
-from datasets.replay import ReplayBuffer
-from datasets.returns import episode_mc_returns
+from omegaconf import OmegaConf
+
+from datasets.returns import RewardConfig, episode_rewards_and_returns
 from policy import checkpoint as checkpoint_module
 from policy.checkpoint import load_checkpoint, save_checkpoint
 from policy.config import FinetuneConfig
-from policy.finetune import Workspace, mixed_batch
+from policy.finetune import Workspace
 from sim.faults import FaultTolerantEnv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,9 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
     assert counters["env_steps"] == 200 and counters["episodes"] == len(episodes) >= 4
     # one update per transition of every finished episode (UTD 1), all of them in the buffer
     assert counters["updates"] == checkpoint["online_buffer"]["size"] == sum(int(r["length"]) for r in episodes)
-    assert checkpoint["config"]["algo"]["calibrated"] is True  # Cal-QL stays calibrated
+    assert checkpoint["algo"] == checkpoint["config"]["algo"]["name"] == "calql"  # Cal-QL stays calibrated
+    recorded = OmegaConf.load(run_dir / "config.yaml")  # the run records what it trained
+    assert recorded.algo.name == "calql" and recorded.algo.actor_bc_weight == 0.5 and recorded.algo.cql_num_actions == 2
     # the actor's BC term, switched on from the command line
     assert {"bound_rate", "bc_mse", "env_steps", "sim_seconds", "learn_seconds"} <= set(_rows(run_dir / "train.csv")[0])
 
@@ -58,10 +60,29 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
 def test_sac_from_scratch_runs_through_the_same_loop(tmp_path):
     run_dir = tmp_path / "run"
     result = _finetune("env_steps=100", "eval_every=100", "checkpoint_every=100", "offline_data=false", "video=false",
-                       "algo.hidden_dim=32", "encoder.channels=[8,8]", f"hydra.run.dir={run_dir}", *FAST)
+                       "algo=sac", "algo.hidden_dim=32", "encoder=conv", "encoder.channels=[8,8]", f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     assert checkpoint["algo"] == "sac" and checkpoint["counters"]["updates"] > 0
+    assert checkpoint["config"]["algo"]["hidden_dim"] == 32 and checkpoint["config"]["encoder"]["channels"] == [8, 8]
+
+
+def test_from_scratch_without_algo_is_sac_and_says_so(tmp_path):
+    config = FinetuneConfig(offline_data=False, env_steps=10)
+    workspace = Workspace(config, tmp_path)
+    workspace.close()
+    recorded = OmegaConf.load(tmp_path / "config.yaml")
+    assert recorded.algo.name == "sac" and recorded.algo.entropy_backup is True and recorded.encoder.name == "conv"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algo=cql", "error: algo=... cannot be combined with a checkpoint, which brings its own (algo 'calql'); drop the algo override"),
+    ("encoder=resnet18", "error: encoder=... cannot be combined with a checkpoint, which brings its own (encoder 'conv')"),
+    ("sampling=half", "error: unknown sampling mode 'half'; available: mixed, uniform"),
+])
+def test_overrides_a_checkpoint_would_ignore_are_refused(trained, tmp_path, override, message):
+    result = _finetune(f"checkpoint={trained}", override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_resume_after_sigkill(trained, small_dataset, tmp_path):
@@ -109,26 +130,6 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
-def _filled_buffer(action_value: float, size: int) -> ReplayBuffer:
-    spec = {"x": {"shape": [2], "dtype": "float32"}}
-    buffer = ReplayBuffer(spec, 1, size, 2 * size)
-    zeros = np.zeros(size, np.float32)
-    buffer.add_episode({"x": np.zeros((size, 2), np.float32)}, {"x": np.zeros((size, 2), np.float32)},
-                       actions=np.full((size, 1), action_value, np.float32), rewards=zeros, terminals=zeros,
-                       timeouts=zeros, mc_returns=zeros)
-    return buffer
-
-
-@pytest.mark.parametrize("ratio, offline_count", [(0.5, 128), (0.25, 64), (0.0, 0), (1.0, 256)])
-def test_mixing_ratio_is_honoured(ratio, offline_count):
-    offline, online = _filled_buffer(1.0, 50), _filled_buffer(-1.0, 50)
-    batch = mixed_batch(offline, online, 256, ratio, np.random.default_rng(0))
-    assert batch["actions"].shape == (256, 1) and batch["obs"]["x"].shape == (256, 2)
-    assert int((batch["actions"] == 1.0).sum()) == offline_count
-    empty_online = ReplayBuffer({"x": {"shape": [2], "dtype": "float32"}}, 1, 10, 20)
-    assert (mixed_batch(offline, empty_online, 32, ratio, np.random.default_rng(0))["actions"] == 1.0).all()
-
-
 def test_online_episodes_get_mc_returns(trained, tmp_path):
     config = FinetuneConfig(checkpoint=str(trained), offline_data=False, env_steps=100)
     config.dataset.reward = RewardConfig(scale=2.0, bias=-3.0)  # the checkpoint's units win
@@ -143,8 +144,8 @@ def test_online_episodes_get_mc_returns(trained, tmp_path):
         assert workspace._finish_episode(success, success=True, fault=False) == 3
         workspace._finish_episode(failure, success=False, fault=True)
         gamma = workspace.agent.config.gamma
-        scale, bias = pretrained.scale, pretrained.bias
-        expected = np.concatenate([episode_mc_returns(np.array([0, 0, 1.0]), np.array([0, 0, 1]), gamma, scale, bias, True),
+        bias = pretrained.bias
+        expected = np.concatenate([episode_rewards_and_returns(np.array([0, 0, 1.0]), np.array([0, 0, 1]), gamma, pretrained)[1],
                                    np.full(3, bias / (1 - gamma))])
         np.testing.assert_allclose(workspace.online.data["mc_returns"][:6], expected, rtol=1e-6)
         np.testing.assert_array_equal(workspace.online.data["timeouts"][:6], [0, 0, 0, 0, 0, 1])

@@ -1,12 +1,14 @@
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from datasets.replay import obs_spec_of
+from datasets.replay import Batch, obs_spec_of
 from perception.encoders import EncoderConfig
-from policy.calql import CalQLAgent, CalQLConfig
+from policy.algorithms import make_agent
+from policy.calql import CalQLConfig, CQLConfig, SACConfig
 from policy.networks import EnsembleCritic, TanhGaussianActor, sample_tanh_gaussian, soft_update, tanh_gaussian_log_prob
 
 
@@ -50,15 +52,20 @@ def test_soft_update_moves_targets_by_tau():
         torch.testing.assert_close(t, 0.9 * b + 0.1 * s)
 
 
-def _batch(rng, batch_size=8):
+def _batch(rng, batch_size=8, mc_return=-50.0) -> Batch:
     obs = {"agentview_image": rng.integers(0, 255, (batch_size, 32, 32, 3), dtype=np.uint8),
            "robot0_eef_pos": rng.normal(size=(batch_size, 3)).astype(np.float32)}
-    return {
-        "obs": obs, "next_obs": {k: v.copy() for k, v in obs.items()},
-        "actions": rng.uniform(-1, 1, (batch_size, 4)).astype(np.float32),
-        "rewards": -np.ones(batch_size, np.float32), "terminals": np.zeros(batch_size, np.float32),
-        "timeouts": np.zeros(batch_size, np.float32), "mc_returns": np.full(batch_size, -50.0, np.float32),
-    }
+    return Batch(
+        obs=obs, next_obs={k: v.copy() for k, v in obs.items()},
+        actions=rng.uniform(-1, 1, (batch_size, 4)).astype(np.float32),
+        rewards=-np.ones(batch_size, np.float32), terminals=np.zeros(batch_size, np.float32),
+        timeouts=np.zeros(batch_size, np.float32), mc_returns=np.full(batch_size, mc_return, np.float32),
+        discounts=np.full(batch_size, 0.99, np.float32),
+    )
+
+
+def _agent(config, batch, encoder=None):
+    return make_agent(config, obs_spec_of(batch.obs), 4, encoder or EncoderConfig(channels=[4], feature_dim=8))
 
 
 def test_agent_update_trains_critic_and_moves_target_by_tau():
@@ -66,27 +73,32 @@ def test_agent_update_trains_critic_and_moves_target_by_tau():
     rng = np.random.default_rng(0)
     batch = _batch(rng)
     config = CalQLConfig(tau=0.25, cql_num_actions=3, backup_num_actions=2, hidden_dim=32)
-    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[8, 8], feature_dim=16))
+    agent = _agent(config, batch, EncoderConfig(channels=[8, 8], feature_dim=16))
     target_before = copy.deepcopy(agent.target_critic)
-    actor_before = copy.deepcopy(agent.actor)
-    metrics = agent.update(batch)
+    agent.update(batch)
     for t, b, s in zip(agent.target_critic.parameters(), target_before.parameters(), agent.critic.parameters()):
         torch.testing.assert_close(t, 0.75 * b + 0.25 * s)
-    assert any(not torch.equal(a, b) for a, b in zip(agent.actor.parameters(), actor_before.parameters()))
-    assert 0.0 <= metrics["bound_rate"] <= 1.0 and np.isfinite(metrics["critic_loss"])
-    actions = agent.act(batch["obs"])
-    assert actions.shape == (8, 4) and np.all(np.abs(actions) <= 1)
-    state = agent.training_state()
-    clone = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[8, 8], feature_dim=16))
-    clone.load_training_state(state)
-    np.testing.assert_allclose(clone.act(batch["obs"]), actions)
+
+
+@pytest.mark.parametrize("mc_return, expected_rate", [(50.0, 1.0), (-50.0, 0.0)])
+def test_calql_bound_acts_where_q_lies_below_the_mc_return(mc_return, expected_rate):
+    # a fresh critic's values lie within a few units of 0: every policy-action value is below
+    # an MC return of +50 (all lifted) and above one of -50 (none lifted)
+    torch.manual_seed(0)
+    batch = _batch(np.random.default_rng(0), mc_return=mc_return)
+    agent = _agent(CalQLConfig(cql_num_actions=3, backup_num_actions=2, hidden_dim=32), batch)
+    metrics = agent.update(batch)
+    assert metrics["bound_rate"] == expected_rate
+    assert (metrics["q_current"] == pytest.approx(mc_return)) == (expected_rate == 1.0)  # lifted values are the bound
+    cql = _agent(CQLConfig(cql_num_actions=3, backup_num_actions=2, hidden_dim=32), batch)
+    assert "bound_rate" not in cql.update(batch)
 
 
 def test_lagrange_alpha_moves_with_the_gap():
     torch.manual_seed(0)
     batch = _batch(np.random.default_rng(1))
     config = CalQLConfig(cql_lagrange=True, cql_target_action_gap=1e6, cql_num_actions=2, backup_num_actions=2, hidden_dim=16)
-    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
+    agent = _agent(config, batch)
     before = agent.log_cql_alpha.item()
     agent.update(batch)
     assert agent.log_cql_alpha.item() < before  # gap far below target: alpha decreases
@@ -96,7 +108,7 @@ def test_behaviour_cloning_warm_start_then_sac():
     torch.manual_seed(0)
     batch = _batch(np.random.default_rng(2))
     config = CalQLConfig(bc_steps=1, cql_num_actions=2, backup_num_actions=2, hidden_dim=16)
-    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
+    agent = _agent(config, batch)
     initial_alpha = agent.log_entropy_alpha.item()
     first = agent.update(batch)
     assert agent.log_entropy_alpha.item() == initial_alpha  # held during the warm start
@@ -109,8 +121,7 @@ def test_behaviour_cloning_warm_start_then_sac():
 def test_sac_skips_the_penalty_and_backs_up_entropy():
     torch.manual_seed(0)
     batch = _batch(np.random.default_rng(3))
-    config = CalQLConfig(name="sac", conservative=False, calibrated=False, backup_num_actions=1, entropy_backup=True, hidden_dim=16)
-    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
+    agent = _agent(SACConfig(hidden_dim=16), batch)
     metrics = agent.update(batch)
     assert metrics["cql_loss"] == 0.0 and "cql_gap" not in metrics and "bound_rate" not in metrics
     assert np.isfinite(metrics["critic_loss"]) and metrics["critic_loss"] == pytest.approx(2 * metrics["td_loss"])
@@ -120,15 +131,16 @@ def test_n_step_discounts_replace_gamma_in_the_td_target():
     batch = _batch(np.random.default_rng(4))
     config = CalQLConfig(cql_num_actions=2, backup_num_actions=2, hidden_dim=16)
     torch.manual_seed(0)
-    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
+    agent = _agent(config, batch)
     same, no_bootstrap = copy.deepcopy(agent), copy.deepcopy(agent)
     torch.manual_seed(1)
     one_step = agent.update(batch)
     torch.manual_seed(1)
-    explicit = same.update({**batch, "discounts": np.full(8, config.gamma, np.float32)})
-    assert explicit["td_target"] == pytest.approx(one_step["td_target"])
-    cut = no_bootstrap.update({**batch, "discounts": np.zeros(8, np.float32)})
-    assert cut["td_target"] == pytest.approx(float(batch["rewards"].mean()))
+    halved = same.update(dataclasses.replace(batch, discounts=np.full(8, config.gamma / 2, np.float32)))
+    # same sampled backup, half the discount: td_target - r halves
+    assert halved["td_target"] + 1 == pytest.approx((one_step["td_target"] + 1) / 2, rel=1e-4)
+    cut = no_bootstrap.update(dataclasses.replace(batch, discounts=np.zeros(8, np.float32)))
+    assert cut["td_target"] == pytest.approx(float(batch.rewards.mean()))
 
 
 
@@ -136,22 +148,22 @@ def test_separate_actor_encoder_is_trained_by_the_actor_only():
     batch = _batch(np.random.default_rng(6))
     config = CalQLConfig(separate_actor_encoder=True, bc_steps=1, cql_num_actions=2, backup_num_actions=2, hidden_dim=16)
     torch.manual_seed(0)
-    agent = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
+    agent = _agent(config, batch)
     actor_encoder_before = copy.deepcopy(agent.actor_encoder)
     critic_encoder_before = copy.deepcopy(agent.encoder)
-    agent.critic_optimizer.param_groups[0]["lr"] = 0.0  # isolate the actor's update
+    agent.optimizers["critic"].param_groups[0]["lr"] = 0.0  # isolate the actor's update
     for _ in range(2):  # a behaviour-cloning update, then an RL one
         metrics = agent.update(batch)
         assert metrics["actor_encoder_grad_norm"] > 0
     assert all(torch.equal(a, b) for a, b in zip(agent.encoder.parameters(), critic_encoder_before.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(agent.actor_encoder.parameters(), actor_encoder_before.parameters()))
-    clone = CalQLAgent(obs_spec_of(batch["obs"]), 4, config, EncoderConfig(channels=[4], feature_dim=8))
+    clone = _agent(config, batch)
     clone.load_training_state(agent.training_state())
-    np.testing.assert_allclose(clone.act(batch["obs"]), agent.act(batch["obs"]))
+    np.testing.assert_allclose(clone.act(batch.obs), agent.act(batch.obs))
 
 
 @pytest.mark.parametrize("field, value", [("n_step", 0), ("actor_bc_weight", -0.1)])
 def test_invalid_algo_values_are_rejected(field, value):
     config = CalQLConfig(hidden_dim=16, **{field: value})
     with pytest.raises(ValueError, match=f"algo.{field}"):
-        CalQLAgent({"robot0_eef_pos": {"shape": [3], "dtype": "float32"}}, 4, config, EncoderConfig())
+        make_agent(config, {"robot0_eef_pos": {"shape": [3], "dtype": "float32"}}, 4, EncoderConfig())

@@ -2,7 +2,8 @@ import h5py
 import numpy as np
 import pytest
 
-from datasets.offline import LoaderStats, RewardConfig, iter_episodes, load_replay
+from datasets.offline import LoaderStats, iter_episodes, load_replay
+from datasets.returns import RewardConfig
 
 KEYS = ["agentview_image", "robot0_eef_pos", "robot0_gripper_qpos"]
 
@@ -16,14 +17,14 @@ def test_collector_file_loads_with_frames_stored_once(small_dataset):
     assert replay.num_frames == total + 6 and replay.frames["agentview_image"].shape[0] == total + 6
     assert stats.terminals == successes
     assert replay.data["terminals"].sum() + replay.data["timeouts"].sum() == 6
-    batch = replay.gather(np.arange(len(replay)))
+    batch = replay.gather(np.arange(len(replay)), 0.99)
     with h5py.File(small_dataset) as f:
         demo = f["data/demo_0"]
         steps = demo.attrs["num_samples"]
-        np.testing.assert_array_equal(batch["obs"]["agentview_image"][:steps], demo["obs/agentview_image"][()])
-        np.testing.assert_array_equal(batch["next_obs"]["agentview_image"][:steps], demo["next_obs/agentview_image"][()])
+        np.testing.assert_array_equal(batch.obs["agentview_image"][:steps], demo["obs/agentview_image"][()])
+        np.testing.assert_array_equal(batch.next_obs["agentview_image"][:steps], demo["next_obs/agentview_image"][()])
         reward = RewardConfig()
-        np.testing.assert_allclose(batch["rewards"][:steps], demo["rewards"][()] * reward.scale + reward.bias)
+        np.testing.assert_allclose(batch.rewards[:steps], demo["rewards"][()] * reward.scale + reward.bias)
     assert replay.nbytes > replay.frames["agentview_image"].nbytes
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from policy.calql import NonFiniteLossError
+from policy.agent import NonFiniteLossError
+from policy.calql import CalQLConfig
 from policy.checkpoint import load_checkpoint
 from policy.config import DatasetConfig, PretrainConfig
 from policy.pretrain import Workspace
@@ -39,8 +40,8 @@ def test_cli_smoke_through_the_simulator(small_dataset, tmp_path):
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] == 6 and checkpoint["algo"] == "calql"
     assert checkpoint["obs_spec"]["agentview_image"] == {"shape": [48, 48, 3], "dtype": "uint8"}
-    assert checkpoint["config"]["algo"]["calibrated"] is True and checkpoint["env"]["name"] == "pickplace"
-    assert {"model", "critic_optimizer", "actor_optimizer"} <= set(checkpoint["agent"]) and "torch" in checkpoint["rng"]
+    assert checkpoint["config"]["algo"]["name"] == "calql" and checkpoint["env"]["name"] == "pickplace"
+    assert {"critic", "actor"} <= set(checkpoint["agent"]["optimizers"]) and "torch" in checkpoint["rng"]
     best = load_checkpoint(run_dir / "best.pt")  # the first evaluation with the highest success rate
     best_rate = max(float(r["success_rate"]) for r in rows)
     first_best_step = next(int(r["step"]) for r in rows if float(r["success_rate"]) == best_rate)
@@ -52,8 +53,11 @@ def test_cli_cql_in_low_dimensional_mode(small_dataset, tmp_path):
     result = _pretrain("algo=cql", "dataset=pickplace_lowdim", f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-    assert checkpoint["algo"] == "cql" and checkpoint["config"]["algo"]["calibrated"] is False
+    assert checkpoint["algo"] == "cql" and checkpoint["config"]["algo"]["name"] == "cql"
     assert set(checkpoint["obs_spec"]) == {"robot0_eef_pos", "robot0_gripper_qpos", "object"}
+    with open(run_dir / "train.csv") as f:
+        columns = next(csv.reader(f))
+    assert "cql_gap" in columns and "bound_rate" not in columns  # CQL: no Monte-Carlo bound
 
 
 @pytest.mark.parametrize(
@@ -71,15 +75,48 @@ def test_cli_bad_input_fails_before_training(small_dataset, tmp_path, args, mess
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_cli_unknown_algo_is_rejected(tmp_path):
-    result = _pretrain("algo=bc", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode != 0 and "algo/bc" in result.stderr
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["algo=bc"], "error: unknown algorithm 'bc'; registered: awac, calql, cql, iql, sac, td3bc\n"),
+        (["-m", "algo=calql,bc"], "error: unknown algorithm 'bc'; registered: awac, calql, cql, iql, sac, td3bc\n"),
+        (["algo=cql", "algo.name=calql"], "error: algo.name=calql contradicts the CQLConfig settings it came with; "
+                                          "select the algorithm with algo=calql instead\n"),
+    ],
+)
+def test_cli_unknown_or_contradicting_algorithm_is_one_line_before_work(tmp_path, args, message):
+    result = _pretrain(*args, f"hydra.run.dir={tmp_path / 'run'}", "dataset.path=/nonexistent.hdf5")
+    assert result.returncode == 2 and result.stderr.endswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_cli_field_of_another_algorithm_is_rejected(tmp_path):
+    result = _pretrain("algo=iql", "algo.cql_alpha=5", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0 and "Key 'cql_alpha' not in 'IQLConfig'" in result.stderr
+
+
+def test_presets_compose_for_every_algorithm():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from policy.algorithms import REGISTRY
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        for name, algorithm in REGISTRY.items():
+            cpu = OmegaConf.to_object(compose("pretrain", overrides=[f"algo={name}"]))
+            paper = OmegaConf.to_object(compose("pretrain", overrides=[f"algo={name}", "preset=paper"]))
+            assert type(cpu.algo) is type(paper.algo) is algorithm.config and paper.steps == 500000
+            # the paper preset runs every algorithm's reference values
+            assert paper.algo == algorithm.config()
+            # the CPU budget deviates only for the conservative SAC family (configs/preset_algo)
+            assert (cpu.algo != algorithm.config()) == (name in ("calql", "cql"))
+        assert OmegaConf.to_object(compose("pretrain")).algo.actor_bc_weight == 0.4
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(small_dataset, tmp_path):
-    config = PretrainConfig(dataset=DatasetConfig(path=str(small_dataset)), steps=4, eval_every=100, checkpoint_every=2, eval_episodes=2,
-                            batch_size=8, log_every=1, calibration_states=8)
-    config.algo.cql_num_actions = config.algo.backup_num_actions = 2
+    config = PretrainConfig(dataset=DatasetConfig(path=str(small_dataset)), algo=CalQLConfig(cql_num_actions=2, backup_num_actions=2),
+                            steps=4, eval_every=100, checkpoint_every=2, eval_episodes=2, batch_size=8, log_every=1,
+                            calibration_states=8)
     workspace = Workspace(config, tmp_path)
     try:
         workspace.cfg.eval_every = 10**6  # no sim episodes needed here

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from datasets.replay import ReplayBuffer
+from datasets.replay import ReplayBuffer, sample_offline_online
 
 SPEC = {"agentview_image": {"shape": [2, 2, 3], "dtype": "uint8"}, "robot0_eef_pos": {"shape": [1], "dtype": "float32"}}
 
@@ -30,22 +30,67 @@ def replay() -> ReplayBuffer:
 
 
 def test_one_step_batches_are_the_stored_transitions(replay):
-    batch = replay.gather(np.arange(7))
-    np.testing.assert_array_equal(batch["rewards"], [1, 2, 3, 4, 5, 6, 7])
-    np.testing.assert_array_equal(batch["next_obs"]["robot0_eef_pos"][:, 0], [1, 2, 3, 4, 11, 12, 13])
-    np.testing.assert_array_equal(batch["next_obs"]["agentview_image"][:, 0, 0, 0], [1, 2, 3, 4, 11, 12, 13])
-    assert "discounts" not in batch
+    batch = replay.gather(np.arange(7), gamma=0.9)
+    np.testing.assert_array_equal(batch.rewards, [1, 2, 3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(batch.next_obs["robot0_eef_pos"][:, 0], [1, 2, 3, 4, 11, 12, 13])
+    np.testing.assert_array_equal(batch.next_obs["agentview_image"][:, 0, 0, 0], [1, 2, 3, 4, 11, 12, 13])
+    np.testing.assert_allclose(batch.discounts, np.full(7, 0.9))  # always present: gamma for one step
 
 
 def test_n_step_batches_stop_at_terminals_and_episode_ends(replay):
-    batch = replay.gather(np.array([0, 2, 3, 4, 5, 6]), n_step=3, gamma=0.5)
-    np.testing.assert_allclose(batch["rewards"], [1 + 0.5 * 2 + 0.25 * 3, 3 + 0.5 * 4, 4, 5 + 0.5 * 6, 6, 7])
-    np.testing.assert_allclose(batch["discounts"], [0.125, 0.25, 0.5, 0.25, 0.5, 0.5])
-    np.testing.assert_array_equal(batch["terminals"], [0, 1, 1, 1, 1, 0])
-    np.testing.assert_array_equal(batch["timeouts"], [0, 0, 0, 0, 0, 1])
+    batch = replay.gather(np.array([0, 2, 3, 4, 5, 6]), gamma=0.5, n_step=3)
+    np.testing.assert_allclose(batch.rewards, [1 + 0.5 * 2 + 0.25 * 3, 3 + 0.5 * 4, 4, 5 + 0.5 * 6, 6, 7])
+    np.testing.assert_allclose(batch.discounts, [0.125, 0.25, 0.5, 0.25, 0.5, 0.5])
+    np.testing.assert_array_equal(batch.terminals, [0, 1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(batch.timeouts, [0, 0, 0, 0, 0, 1])
     # the bootstrap state is the one after the last step taken, never across an episode boundary
-    np.testing.assert_array_equal(batch["next_obs"]["robot0_eef_pos"][:, 0], [3, 4, 4, 12, 12, 13])
-    np.testing.assert_array_equal(batch["next_obs"]["agentview_image"][:, 0, 0, 0], [3, 4, 4, 12, 12, 13])
-    np.testing.assert_array_equal(batch["obs"]["robot0_eef_pos"][:, 0], [0, 2, 3, 10, 11, 12])
-    with pytest.raises(ValueError, match="gamma"):
-        replay.gather(np.array([0]), n_step=3)
+    np.testing.assert_array_equal(batch.next_obs["robot0_eef_pos"][:, 0], [3, 4, 4, 12, 12, 13])
+    np.testing.assert_array_equal(batch.next_obs["agentview_image"][:, 0, 0, 0], [3, 4, 4, 12, 12, 13])
+    np.testing.assert_array_equal(batch.obs["robot0_eef_pos"][:, 0], [0, 2, 3, 10, 11, 12])
+    with pytest.raises(ValueError, match="n_step must be >= 1"):
+        replay.gather(np.array([0]), gamma=0.5, n_step=0)
+
+
+def test_state_dict_round_trips_the_filled_part(replay):
+    clone = ReplayBuffer(SPEC, 1, 20, 30)
+    clone.load_state_dict(replay.state_dict())
+    assert (clone.size, clone.num_frames, clone.num_episodes) == (7, 9, 2)
+    index = np.arange(7)
+    original, restored = replay.gather(index, 0.9, n_step=2), clone.gather(index, 0.9, n_step=2)
+    np.testing.assert_array_equal(restored.obs["agentview_image"], original.obs["agentview_image"])
+    np.testing.assert_array_equal(restored.next_obs["robot0_eef_pos"], original.next_obs["robot0_eef_pos"])
+    np.testing.assert_array_equal(restored.rewards, original.rewards)
+    with pytest.raises(ValueError, match="does not fit"):
+        ReplayBuffer(SPEC, 1, 5, 30).load_state_dict(replay.state_dict())
+
+
+def _constant_buffer(action_value: float, size: int) -> ReplayBuffer:
+    spec = {"x": {"shape": [2], "dtype": "float32"}}
+    buffer = ReplayBuffer(spec, 1, size, 2 * size)
+    zeros = np.zeros(size, np.float32)
+    buffer.add_episode({"x": np.zeros((size, 2), np.float32)}, {"x": np.zeros((size, 2), np.float32)},
+                       actions=np.full((size, 1), action_value, np.float32), rewards=zeros, terminals=zeros,
+                       timeouts=zeros, mc_returns=zeros)
+    return buffer
+
+
+@pytest.mark.parametrize("ratio, offline_count", [(0.5, 128), (0.25, 64), (0.0, 0), (1.0, 256)])
+def test_mixing_ratio_is_honoured(ratio, offline_count):
+    offline, online = _constant_buffer(1.0, 50), _constant_buffer(-1.0, 50)
+    batch = sample_offline_online(offline, online, 256, np.random.default_rng(0), 0.99, offline_ratio=ratio)
+    assert batch.actions.shape == (256, 1) and batch.obs["x"].shape == (256, 2) and batch.discounts.shape == (256,)
+    assert int((batch.actions == 1.0).sum()) == offline_count
+    empty_online = ReplayBuffer({"x": {"shape": [2], "dtype": "float32"}}, 1, 10, 20)
+    assert (sample_offline_online(offline, empty_online, 32, np.random.default_rng(0), 0.99, offline_ratio=ratio).actions == 1.0).all()
+    assert (sample_offline_online(None, online, 32, np.random.default_rng(0), 0.99, offline_ratio=ratio).actions == -1.0).all()
+
+
+def test_uniform_sampling_treats_both_buffers_as_one():
+    # 300 offline and 100 online transitions: a uniform draw over the union takes 3/4 offline
+    offline, online = _constant_buffer(1.0, 300), _constant_buffer(-1.0, 100)
+    rng = np.random.default_rng(0)
+    shares = [float((sample_offline_online(offline, online, 256, rng, 0.99, mode="uniform").actions == 1.0).mean())
+              for _ in range(50)]
+    assert np.mean(shares) == pytest.approx(0.75, abs=0.01) and np.std(shares) > 0  # random, not a fixed split
+    with pytest.raises(ValueError, match="unknown sampling mode 'half'"):
+        sample_offline_online(offline, online, 8, rng, 0.99, mode="half")

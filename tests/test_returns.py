@@ -1,19 +1,20 @@
 import numpy as np
 import pytest
 
-from datasets.returns import episode_mc_returns, mc_returns, transform_rewards
+from datasets.returns import RewardConfig, episode_rewards_and_returns, mc_returns, transform_rewards
 
 GAMMA = 0.9
 
 
 def test_success_at_the_end():
     # raw sparse rewards 0, 0, 1 with a terminal at the end; transform r - 1 -> -1, -1, 0
-    returns = episode_mc_returns(np.array([0, 0, 1.0]), np.array([0, 0, 1]), GAMMA, scale=1.0, bias=-1.0, sparse=True)
+    rewards, returns = episode_rewards_and_returns(np.array([0, 0, 1.0]), np.array([0, 0, 1]), GAMMA, RewardConfig(1.0, -1.0))
+    np.testing.assert_allclose(rewards, [-1, -1, 0])
     np.testing.assert_allclose(returns, [-1 + GAMMA * (-1 + GAMMA * 0), -1 + GAMMA * 0, 0.0], rtol=1e-6)
 
 
 def test_never_a_success_gets_the_infinite_horizon_failure_value():
-    returns = episode_mc_returns(np.zeros(4), np.zeros(4), GAMMA, scale=10.0, bias=-5.0, sparse=True)
+    _, returns = episode_rewards_and_returns(np.zeros(4), np.zeros(4), GAMMA, RewardConfig(10.0, -5.0, sparse=True))
     np.testing.assert_allclose(returns, np.full(4, -5.0 / (1 - GAMMA)))
 
 
@@ -25,7 +26,7 @@ def test_terminal_in_the_middle_cuts_the_sum():
 
 def test_truncation_is_not_bootstrapped():
     # dense rewards, cut by the time limit: the last step's return is its reward alone
-    returns = episode_mc_returns(np.array([0.5, 0.5]), np.zeros(2), GAMMA, scale=2.0, bias=0.0, sparse=False)
+    _, returns = episode_rewards_and_returns(np.array([0.5, 0.5]), np.zeros(2), GAMMA, RewardConfig(2.0, 0.0, sparse=False))
     np.testing.assert_allclose(returns, [1 + GAMMA * 1, 1], rtol=1e-6)
 
 

@@ -1,0 +1,151 @@
+"""The one interface every algorithm's agent has, and the parts they share.
+
+Entry points, checkpoints, evaluation and export only use this interface:
+
+- ``act(obs, deterministic)``: actions in [-1, 1] for a batch of raw observations;
+- ``q_values(obs, actions=None)``: min over the critic heads of Q(s, a), a defaulting to the
+  deterministic policy action;
+- ``update(batch) -> metrics``: one gradient update on a :class:`~datasets.replay.Batch`;
+- ``training_state()`` / ``load_training_state(state)``: weights, optimiser states, counters;
+- ``policy_encoder`` and ``actor.deterministic(features)``: what export traces.
+
+An algorithm builds ``self.critic`` (an ensemble of Q heads on ``self.encoder``'s features),
+``self.actor`` and its optimisers (``self.optimizers``, by name), and writes ``update``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from datasets.replay import Batch, ObsSpec
+from perception.encoders import EncoderConfig, ObservationEncoder
+
+
+@dataclass
+class AlgoConfig:
+    """Fields every algorithm has; each algorithm's config extends it with its own."""
+
+    name: str = "???"
+    gamma: float = 0.99
+    n_step: int = 1  # TD targets over n dataset steps (the replay builds them); 1 = the reference
+    hidden_dim: int = 256
+    tau: float = 5e-3  # soft update of the target networks
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in obs.items()}
+
+
+def grad_norm(parameters: Iterable[nn.Parameter]) -> float:
+    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
+    return torch.stack(norms).norm().item() if norms else 0.0
+
+
+def td_loss(q_data: torch.Tensor, td_target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over Q heads of the mean squared TD error. ``q_data``: (C, B), ``td_target``: (B,)."""
+    per_head = ((q_data - td_target.unsqueeze(0)) ** 2).mean(dim=1)
+    return per_head.sum(), {"td_loss": per_head.mean().item()}
+
+
+class Agent(nn.Module):
+    """Base of every agent: the shared encoder, acting, Q queries, checkpoint state."""
+
+    actor: nn.Module
+    critic: nn.Module
+
+    def __init__(self, obs_spec: ObsSpec, action_dim: int, config: AlgoConfig, encoder_config: EncoderConfig,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        if config.n_step < 1:
+            raise ValueError(f"algo.n_step must be >= 1, got {config.n_step}")
+        if not 0.0 < config.gamma <= 1.0:
+            raise ValueError(f"algo.gamma must be in (0, 1], got {config.gamma}")
+        self.config = config
+        self.action_dim = action_dim
+        self.device = torch.device(device)
+        # Trained by the critic's losses; actors and value heads read its features detached.
+        self.encoder = ObservationEncoder(obs_spec, encoder_config)
+        self.actor_encoder: ObservationEncoder | None = None
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.num_updates = 0
+
+    # ----------------------------------------------------------------------------- acting
+    @property
+    def policy_encoder(self) -> ObservationEncoder:
+        """The encoder the actor reads (its own where the algorithm gives it one)."""
+        return self.actor_encoder if self.actor_encoder is not None else self.encoder
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
+        """Actions for a batch of observations (dict of (B, ...) arrays), in [-1, 1]."""
+        features = self.policy_encoder(to_torch(obs, self.device))
+        actions = self.actor.deterministic(features) if deterministic else self.explore(features)
+        return actions.cpu().numpy()
+
+    def explore(self, features: torch.Tensor) -> torch.Tensor:
+        """Exploration actions (B, A): a sample of the stochastic policy."""
+        return self.actor.sample(features, 1)[0][:, 0]
+
+    @torch.no_grad()
+    def q_values(self, obs: dict[str, np.ndarray], actions: np.ndarray | None = None) -> np.ndarray:
+        """min over heads of Q(s, a); a defaults to the deterministic policy action."""
+        obs_t = to_torch(obs, self.device)
+        features = self.encoder(obs_t)
+        if actions is None:
+            actor_features = features if self.actor_encoder is None else self.actor_encoder(obs_t)
+            a = self.actor.deterministic(actor_features)
+        else:
+            a = torch.as_tensor(actions, device=self.device)
+        return self.critic(features, a.unsqueeze(1)).min(dim=0).values[:, 0].cpu().numpy()
+
+    def set_lowdim_normalization(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Standardise low-dimensional inputs with the training data's statistics (every encoder)."""
+        for module in self.modules():
+            if isinstance(module, ObservationEncoder):
+                module.set_lowdim_normalization(stats)
+
+    # --------------------------------------------------------------------------- learning
+    def update(self, batch: Batch) -> dict[str, float]:
+        raise NotImplementedError
+
+    def check_finite(self, loss: torch.Tensor, name: str) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite {name} ({loss.item()}) at update {self.num_updates}")
+
+    def step(self, optimizer_name: str, loss: torch.Tensor, loss_name: str,
+             grad_norms: dict[str, Iterable[nn.Parameter]] | None = None) -> dict[str, float]:
+        """Check ``loss``, then one gradient step of the named optimiser; returns the gradient
+        norms of the named parameter groups in ``grad_norms`` (as ``<name>_grad_norm``)."""
+        self.check_finite(loss, loss_name)
+        optimizer = self.optimizers[optimizer_name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norms = {f"{name}_grad_norm": grad_norm(parameters) for name, parameters in (grad_norms or {}).items()}
+        optimizer.step()
+        return norms
+
+    # ----------------------------------------------------------------------- checkpoints
+    def training_state(self) -> dict[str, Any]:
+        """Weights, optimiser states and counters (tensors and plain Python values only)."""
+        return {
+            "model": self.state_dict(),
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
+            "num_updates": self.num_updates,
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["model"])
+        if set(state["optimizers"]) != set(self.optimizers):
+            raise ValueError(f"optimiser states {sorted(state['optimizers'])} do not match this agent's {sorted(self.optimizers)}")
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.num_updates = int(state["num_updates"])
