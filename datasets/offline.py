@@ -31,7 +31,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from datasets.replay import ObsSpec, ReplayBuffer
+from datasets.replay import ObsSpec, ReplayBuffer, obs_spec_of
 from datasets.returns import RewardConfig, episode_rewards_and_returns
 from datasets.robomimic_hdf5 import demo_names
 
@@ -73,11 +73,23 @@ def _read_obs(group: h5py.Group, keys: list[str], where: str) -> dict[str, np.nd
     return {k: group[k][()] for k in keys}
 
 
-def _check_demo(name: str, obs: dict[str, np.ndarray], actions: np.ndarray, path: Path) -> None:
-    steps = len(actions)
+def _check_observations(where: str, obs: dict[str, np.ndarray], steps: int, spec: ObsSpec | None) -> None:
+    """Lengths, finite values, and images as uint8 HxWx3 with the same shape in every demo."""
     for key, value in obs.items():
         if len(value) != steps:
-            raise ValueError(f"{path}: {name}/obs/{key} has {len(value)} steps, actions have {steps}")
+            raise ValueError(f"{where}/{key} has {len(value)} steps, actions have {steps}")
+        if value.ndim == 4 and (value.dtype != np.uint8 or value.shape[-1] != 3):
+            raise ValueError(f"{where}/{key} holds {value.dtype} images of shape {list(value.shape[1:])}: images must be "
+                             f"uint8 HxWx3 (floats in [0, 1] convert with (x * 255).round().astype(np.uint8))")
+        if value.dtype != np.uint8 and not np.all(np.isfinite(value)):
+            raise ValueError(f"{where}/{key} contains non-finite values (NaN or inf)")
+        if spec is not None and list(value.shape[1:]) != spec[key]["shape"]:
+            raise ValueError(f"{where}/{key} has shape {list(value.shape[1:])}, the first demo's is {spec[key]['shape']}")
+
+
+def _check_demo(name: str, actions: np.ndarray, rewards: np.ndarray, path: Path) -> None:
+    if not np.all(np.isfinite(rewards)):
+        raise ValueError(f"{path}: {name}/rewards contains non-finite values (NaN or inf)")
     if not np.all(np.isfinite(actions)):
         raise ValueError(f"{path}: {name}/actions contains non-finite values")
     if np.abs(actions).max(initial=0.0) > 1.0 + ACTION_TOLERANCE:
@@ -100,20 +112,30 @@ def iter_episodes(
     except OSError as error:
         raise ValueError(f"{path}: not a readable HDF5 file ({error})") from None
     with f:
+        spec = None
         for name in demo_names(f, filter_key):
-            demo = f[f"data/{name}"]
             where = f"{path}: data/{name}"
-            for required in ("obs", "actions", "rewards"):
-                if required not in demo:
-                    raise ValueError(f"{where}: missing '{required}'")
-            obs = _read_obs(demo["obs"], obs_keys, f"{where}/obs")
-            actions = demo["actions"][()].astype(np.float32)
-            _check_demo(name, obs, actions, path)
-            steps = len(actions)
-            rewards = demo["rewards"][()].astype(np.float32).reshape(steps)
-            dones = demo["dones"][()].reshape(steps) > 0 if "dones" in demo else np.zeros(steps, bool)
-            if "next_obs" in demo:
-                next_obs = _read_obs(demo["next_obs"], obs_keys, f"{where}/next_obs")
+            try:
+                demo = f[f"data/{name}"]
+                for required in ("obs", "actions", "rewards"):
+                    if required not in demo:
+                        raise ValueError(f"{where}: missing '{required}'")
+                obs = _read_obs(demo["obs"], obs_keys, f"{where}/obs")
+                actions = demo["actions"][()].astype(np.float32)
+                steps = len(actions)
+                rewards = demo["rewards"][()].astype(np.float32)
+                if rewards.size != steps:
+                    raise ValueError(f"{where}/rewards has {rewards.size} steps, actions have {steps}")
+                rewards = rewards.reshape(steps)
+                dones = demo["dones"][()].reshape(steps) > 0 if "dones" in demo else np.zeros(steps, bool)
+                next_obs = _read_obs(demo["next_obs"], obs_keys, f"{where}/next_obs") if "next_obs" in demo else None
+            except (OSError, KeyError, RuntimeError) as error:  # h5py's errors for damaged objects
+                raise ValueError(f"{where}: cannot be read ({error})") from None
+            _check_observations(f"{where}/obs", obs, steps, spec)
+            spec = spec or obs_spec_of(obs)
+            _check_demo(name, actions, rewards, path)
+            if next_obs is not None:
+                _check_observations(f"{where}/next_obs", next_obs, steps, spec)
                 # episode boundaries: where the next observation is not the following one
                 breaks = np.zeros(max(steps - 1, 0), bool)
                 for key in obs_keys:

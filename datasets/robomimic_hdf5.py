@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import h5py
 import numpy as np
+
+from datasets.atomic import atomic_path, check_free_space
 
 EPISODE_KEYS = ("actions", "rewards", "dones", "states")
 
@@ -39,6 +42,11 @@ class Episode:
 
     def __len__(self) -> int:
         return len(self.actions)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [*self.obs.values(), *self.next_obs.values(), *(getattr(self, key) for key in EPISODE_KEYS)]
+        return sum(np.asarray(a).nbytes for a in arrays)
 
     def validate(self) -> None:
         steps = len(self)
@@ -68,20 +76,22 @@ def write_dataset(
     """Stream ``episodes`` into a robomimic-format file at ``path``; returns the episode count.
 
     The file is written next to its destination under a temporary name and renamed only once
-    complete, so an interrupted run never leaves a truncated file behind.
+    complete, so an interrupted run never leaves a truncated file behind. Before each episode
+    the free space is checked against its uncompressed size: on a full disk the write stops
+    with :class:`OutOfSpaceError` at the first episode that might not fit, and the temporary
+    file is removed (the previous file at ``path``, if any, is untouched).
     """
     if not 0.0 <= valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp_path:
         with h5py.File(tmp_path, "w") as f:
             data = f.create_group("data")
             total = 0
             names = []
             for index, episode in enumerate(episodes):
                 episode.validate()
+                check_free_space(path, episode.nbytes)
                 name = f"demo_{index}"
                 group = data.create_group(name)
                 for prefix, observations in (("obs", episode.obs), ("next_obs", episode.next_obs)):
@@ -92,6 +102,7 @@ def write_dataset(
                 group.attrs["num_samples"] = len(episode)
                 for key, value in episode.attrs.items():
                     group.attrs[key] = value
+                f.flush()  # a failed write surfaces here, not later in a destructor
                 total += len(episode)
                 names.append(name)
             if not names:
@@ -105,28 +116,46 @@ def write_dataset(
             valid = set(names[:: max(1, len(names) // num_valid)][:num_valid]) if num_valid else set()
             f.create_dataset("mask/train", data=np.array([n for n in names if n not in valid], dtype="S"))
             f.create_dataset("mask/valid", data=np.array([n for n in names if n in valid], dtype="S"))
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
     return len(names)
 
 
+DEMO_NAME = re.compile(r"demo_(\d+)")
+
+
 def demo_names(f: h5py.File, filter_key: str | None = None) -> list[str]:
-    """Demo group names in numeric order, optionally restricted to ``mask/<filter_key>``."""
-    if "data" not in f:
+    """Demo group names in numeric order, optionally restricted to ``mask/<filter_key>``; a
+    file that is not laid out as robomimic's is a ``ValueError`` naming what is wrong."""
+    if "data" not in f or not isinstance(f["data"], h5py.Group):
         raise ValueError(f"{f.filename}: no 'data' group; not a robomimic-format file")
+    present = list(f["data"].keys())
+    if not present:
+        raise ValueError(f"{f.filename}: the 'data' group holds no demos")
     if filter_key is None:
-        names = list(f["data"].keys())
+        names, source = present, "data"
     else:
         if f"mask/{filter_key}" not in f:
             available = list(f["mask"].keys()) if "mask" in f else []
             raise ValueError(f"{f.filename}: no filter key {filter_key!r}; available: {available}")
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in f[f"mask/{filter_key}"][()]]
-    return sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]))
+        source = f"mask/{filter_key}"
+        missing = sorted(set(names) - set(present))
+        if missing:
+            raise ValueError(f"{f.filename}: {source} names {missing[:3]}{' ...' if len(missing) > 3 else ''}, "
+                             f"which are not in 'data'")
+    malformed = [n for n in names if not DEMO_NAME.fullmatch(n)]
+    if malformed:
+        raise ValueError(f"{f.filename}: {source} entry {malformed[0]!r} is not of the form demo_<n>")
+    return sorted(names, key=lambda n: int(n[len("demo_"):]))
 
 
 def read_env_args(path: str | os.PathLike) -> dict[str, Any]:
     """The ``env_args`` a file was made with (``env_name`` and ``env_kwargs``)."""
     with h5py.File(path, "r") as f:
-        return json.loads(f["data"].attrs["env_args"])
+        if "data" not in f or "env_args" not in f["data"].attrs:
+            raise ValueError(f"{path}: no 'env_args' attribute on the 'data' group (robomimic files record the env "
+                             f"they were made in there); add it, e.g. data.attrs['env_args'] = "
+                             f"json.dumps({{'env_name': 'pickplace', 'env_kwargs': {{}}}})")
+        try:
+            return json.loads(f["data"].attrs["env_args"])
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: the 'env_args' attribute is not JSON ({error})") from None

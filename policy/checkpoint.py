@@ -8,13 +8,16 @@ Python values.
 
 from __future__ import annotations
 
-import os
+import io
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from datasets.atomic import write_bytes_atomically
 
 # 2: optimiser states by name, algorithm configs without the calibrated/conservative switches
 FORMAT_VERSION = 2
@@ -33,19 +36,11 @@ def restore_rng_state(state: dict[str, Any], numpy_rng: np.random.Generator) -> 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` through a temporary file and an atomic rename, so an
-    interrupted write never damages the previous checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    interrupted write never damages the previous checkpoint. It is serialised in memory
+    first: a full disk then fails in a plain file write, as :class:`OutOfSpaceError`."""
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **payload}, buffer)
+    write_bytes_atomically(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -53,6 +48,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    exported = _exported_kind(path)
+    if exported:
+        raise ValueError(f"{path} is an exported policy ({exported}), not a training checkpoint; pass the "
+                         f"checkpoint.pt or best.pt it was exported from (its metadata names it: source_checkpoint)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
@@ -64,6 +63,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path}: checkpoint format {checkpoint['format_version']}, this version reads "
                          f"{FORMAT_VERSION}; train it again with this version")
     return checkpoint
+
+
+def _exported_kind(path: Path) -> str | None:
+    """'TorchScript' or 'torch.export program' when ``path`` is one of those archives."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any("/code/" in name or name.endswith("constants.pkl") for name in names):
+        return "TorchScript"
+    if any(name.endswith("archive_format") or "/models/" in name for name in names):
+        return "torch.export program"
+    return None
 
 
 def restore_agent(checkpoint: dict[str, Any], device: str | torch.device = "cpu"):

@@ -31,7 +31,7 @@ class DatasetConfig:
 
 @dataclass
 class EnvConfig:
-    name: str = "pickplace"
+    name: Optional[str] = "pickplace"
     kwargs: dict[str, Any] = field(default_factory=dict)  # merged over the dataset's env_args
 
 
@@ -53,6 +53,8 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
     threads: int = 0  # torch CPU threads; 0: one per core
+    resume: bool = False  # continue the run in the run directory from its checkpoint.pt
+    overwrite: bool = False  # start over in a run directory that already holds a run (deletes it)
 
 
 ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)
@@ -67,7 +69,8 @@ class FinetuneConfig:
     # run's config.yaml records the algorithm and encoder actually trained.
     algo: Any = None
     encoder: Optional[EncoderConfig] = None
-    env: EnvConfig = field(default_factory=EnvConfig)  # kwargs override the checkpoint's env
+    # A checkpoint brings its env (kwargs override its settings); from scratch null is pickplace.
+    env: EnvConfig = field(default_factory=lambda: EnvConfig(name=None))
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # offline data for mixed batches
     offline_data: bool = True  # mix offline transitions into every batch
     actor_bc_weight: Optional[float] = None  # the actor's BC term online; null: the checkpoint's
@@ -84,6 +87,7 @@ class FinetuneConfig:
     video: bool = True  # an mp4 of one evaluation episode at each evaluation
     checkpoint_every: int = 2000  # env steps
     resume: bool = False  # continue from <run dir>/checkpoint.pt
+    overwrite: bool = False  # start over in a run directory that already holds a run (deletes it)
     log_every: int = 100  # updates
     seed: int = 0
     device: str = "auto"

@@ -13,7 +13,6 @@ from C++. ``format=torch_export`` also writes a ``torch.export`` program (``.pt2
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn as nn
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from datasets.atomic import atomic_path
 from datasets.replay import is_image
 from policy.checkpoint import load_checkpoint, restore_agent
 
@@ -152,17 +152,15 @@ def export_policy(checkpoint_path: str | Path, out: str | Path, formats: tuple[s
         scripted = torch.jit.script(CheckedPolicy(
             traced, obs_keys, [list(obs_spec[k]["shape"]) for k in obs_keys], [obs_spec[k]["dtype"] for k in obs_keys]
         ))
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        torch.jit.save(scripted, str(tmp), _extra_files={"metadata.json": json.dumps(metadata, indent=2)})
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            torch.jit.save(scripted, f, _extra_files={"metadata.json": json.dumps(metadata, indent=2)})
         written["torchscript"] = out
         if "torch_export" in formats:
             batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.export.export(core, (examples,), dynamic_shapes=([{0: batch} for _ in examples],))
             pt2 = out.with_suffix(".pt2")
-            tmp = pt2.with_name(f".{pt2.stem}.{os.getpid()}.tmp.pt2")
-            torch.export.save(program, str(tmp), extra_files={"metadata.json": json.dumps(metadata, indent=2)})
-            os.replace(tmp, pt2)
+            with atomic_path(pt2) as tmp, open(tmp, "wb") as f:
+                torch.export.save(program, f, extra_files={"metadata.json": json.dumps(metadata, indent=2)})
             written["torch_export"] = pt2
     return written
 

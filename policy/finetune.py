@@ -40,8 +40,8 @@ from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state,
 from policy.config import FinetuneConfig  # noqa: E402
 from policy.evaluation import Evaluator  # noqa: E402
 from policy.logger import MetricLogger  # noqa: E402
-from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path, resolve_device  # noqa: E402
-from policy.run import reject_unknown_algorithm, run_workspace  # noqa: E402
+from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path  # noqa: E402
+from policy.run import check_command_line, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,18 @@ class Workspace:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        resume_path = run_dir / "checkpoint.pt"
-        if cfg.resume and not resume_path.is_file():
-            raise FileNotFoundError(f"resume=true but there is no checkpoint to resume: {resume_path}")
-        resumed = load_checkpoint(resume_path, self.device) if cfg.resume else None
+        resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
+        resumed = load_checkpoint(resume_path, self.device) if resume_path else None
 
         # The agent: pretrained, or from scratch. Everything is checked before any work.
         source = resumed or (load_checkpoint(cfg.checkpoint, self.device) if cfg.checkpoint else None)
         if source is not None:
             self._check_no_algorithm_override(source, resumed is not None)
             self.agent: Agent = restore_agent(source, self.device)
+            if cfg.env.name is not None and cfg.env.name != source["env"]["name"]:
+                raise ValueError(f"env={cfg.env.name} cannot be combined with a checkpoint made for env "
+                                 f"{source['env']['name']!r}: fine-tuning runs in the checkpoint's env; change "
+                                 f"its settings with env.kwargs.NAME=VALUE")
             self.env_name = source["env"]["name"]
             self.env_kwargs = {**source["env"]["kwargs"], **cfg.env.kwargs}
             self.obs_spec, self.algo = source["obs_spec"], source["algo"]
@@ -82,7 +84,7 @@ class Workspace:
             cfg.algo = cfg.algo if cfg.algo is not None else SACConfig()
             cfg.encoder = cfg.encoder if cfg.encoder is not None else EncoderConfig()
             check_config(cfg.algo)
-            self.env_name, self.env_kwargs = cfg.env.name, dict(cfg.env.kwargs)
+            self.env_name, self.env_kwargs = cfg.env.name or "pickplace", dict(cfg.env.kwargs)
             self.algo, offline_path, self.pretrain_config = cfg.algo.name, None, None
         probe = sim.make_env(self.env_name, **self.env_kwargs)
         action_dim = probe.action_space.shape[0]
@@ -103,9 +105,10 @@ class Workspace:
         if action_dim != self.agent.action_dim:
             raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
         probe.close()
-        # What is trained is what the run records.
+        # What is trained, and where, is what the run records.
         cfg.algo = self.agent.config
         cfg.encoder = self.agent.encoder.config
+        cfg.env.name, cfg.env.kwargs = self.env_name, dict(self.env_kwargs)
         gamma, reward = self.agent.config.gamma, cfg.dataset.reward
         if source is not None and "dataset" in source["config"]:
             # The critic's values are in the units of the rewards it was trained on.
@@ -140,7 +143,9 @@ class Workspace:
             restore_rng_state(resumed["rng"], self.rng)
             log.info("resumed from env step %d (%d updates)", self.env_steps, self.updates)
             print(f"resumed from env step {self.env_steps}", flush=True)
-        self.logger = MetricLogger(run_dir)
+        # On resume, rows the interrupted run logged after its last checkpoint are dropped.
+        resume_steps = {"train": self.updates, "eval": self.env_steps, "episodes": self.env_steps} if resumed else None
+        self.logger = MetricLogger(run_dir, resume_steps)
         self.evaluator = Evaluator(self.env_name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
 
@@ -223,6 +228,10 @@ class Workspace:
                 start = time.perf_counter()
                 next_obs, rewards, terminated, truncated, info = envs.step(actions)
                 sim_time += time.perf_counter() - start
+                # counted before the episodes that this step ends are logged: a checkpoint at
+                # env step E holds exactly the episodes logged at steps <= E
+                self.env_steps += cfg.num_envs
+                bar.update(cfg.num_envs)
                 done = terminated | truncated
                 for i in range(cfg.num_envs):
                     # with same-step autoreset a finished env already shows its reset observation
@@ -238,8 +247,6 @@ class Workspace:
                         fault = bool(final_info.get("sim_fault", np.zeros(cfg.num_envs, bool))[i])
                         updates_due += self._finish_episode(episode, bool(final_info["is_success"][i]), fault)
                         episodes[i] = self._empty_episode()
-                self.env_steps += cfg.num_envs
-                bar.update(cfg.num_envs)
                 obs = next_obs
 
                 start = time.perf_counter()
@@ -315,5 +322,5 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    reject_unknown_algorithm(sys.argv[1:])
+    check_command_line(sys.argv[1:])
     main()

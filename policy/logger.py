@@ -13,12 +13,18 @@ class MetricLogger:
     scalars ``<stream>/<name>``. A metric that first appears later (e.g. when a warm start ends)
     adds a column: the file is rewritten once with the wider header, earlier rows left blank there."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, resume_steps: dict[str, float] | None = None,
+                 purge_step: int | None = None) -> None:
+        """``resume_steps``: for a run resumed from a checkpoint, the last step of each stream
+        that the checkpoint covers; rows logged after it (by the interrupted run) are dropped so
+        that each step appears once. ``purge_step`` hides TensorBoard events from that step on."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        for stream, last_step in (resume_steps or {}).items():
+            self._drop_rows_after(self.run_dir / f"{stream}.csv", last_step)
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
         self._columns: dict[str, list[str]] = {}
 
     def log(self, stream: str, step: int, metrics: dict[str, Any]) -> None:
@@ -40,6 +46,20 @@ class MetricLogger:
         for name, value in metrics.items():
             self.writer.add_scalar(f"{stream}/{name}", value, step)
         self.writer.flush()
+
+    @staticmethod
+    def _drop_rows_after(path: Path, last_step: float) -> None:
+        if not path.exists():
+            return
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [rows[0], *(row for row in rows[1:] if row and float(row[0]) <= last_step)] if rows else []
+        if len(kept) == len(rows):
+            return
+        temporary = path.with_name(path.name + ".tmp")
+        with temporary.open("w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        os.replace(temporary, path)
 
     @staticmethod
     def _widen(path: Path, columns: list[str], new_columns: list[str]) -> None:

@@ -29,20 +29,16 @@ from datasets.offline import load_replay  # noqa: E402
 from datasets.replay import Batch, ObsSpec, ReplayBuffer, is_image  # noqa: E402
 from datasets.robomimic_hdf5 import read_env_args  # noqa: E402
 from policy.algorithms import check_config, make_agent  # noqa: E402
-from policy.checkpoint import rng_state, save_checkpoint  # noqa: E402
+from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import DatasetConfig, PretrainConfig  # noqa: E402
 from policy.evaluation import Evaluator  # noqa: E402
 from policy.logger import MetricLogger  # noqa: E402
-from policy.run import reject_unknown_algorithm, run_workspace  # noqa: E402
+from policy.run import check_command_line, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+# What defines a run: a resumed run must be given the same (budget and logging may change).
+RUN_DEFINING = ("algo", "encoder", "dataset", "env", "seed", "batch_size", "eval_seed", "calibration_states")
 
 
 def dataset_path(dataset: DatasetConfig) -> Path:
@@ -84,6 +80,10 @@ class Workspace:
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = resolve_device(cfg.device)
+        resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
+        resumed = load_checkpoint(resume_path, self.device) if resume_path else None
+        if resumed is not None:
+            self._check_same_run(resumed["config"])
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -91,13 +91,13 @@ class Workspace:
 
         path = dataset_path(cfg.dataset)
         self.dataset_path = path
+        env_args = read_env_args(path)
         self.replay, stats = load_replay(path, list(cfg.dataset.obs_keys), cfg.algo.gamma, cfg.dataset.reward,
                                          cfg.dataset.filter_key, cfg.dataset.terminals)
         log.info("replay: %d transitions in %d episodes (%d successes), %.1f MB",
                  len(self.replay), stats.episodes, stats.successes, self.replay.nbytes / 2**20)
         self.calibration_batch = self._calibration_batch(path)
 
-        env_args = read_env_args(path)
         self.env_kwargs = dict(env_args.get("env_kwargs", {})) if env_args.get("env_name") == cfg.env.name else {}
         self.env_kwargs.update(cfg.env.kwargs)
         probe = sim.make_env(cfg.env.name, **self.env_kwargs)  # spaces only: no rendering yet
@@ -109,11 +109,37 @@ class Workspace:
 
         self.agent = make_agent(cfg.algo, self.replay.obs_spec, action_dim, cfg.encoder, self.device)
         self.agent.set_lowdim_normalization(self.replay.lowdim_stats())
-        self.logger = MetricLogger(run_dir)
-        self.evaluator = Evaluator(cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
         self.step = 0
         self.best_success = -1.0
+        self.last_eval: dict[str, float] = {}
+        if resumed is not None:
+            self._restore(resumed)
+        # On resume, rows the interrupted run logged after its last checkpoint are dropped.
+        resume_steps = {stream: self.step for stream in ("train", "eval")} if resumed else None
+        self.logger = MetricLogger(run_dir, resume_steps, purge_step=self.step + 1 if resumed else None)
+        self.evaluator = Evaluator(cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+
+    def _check_same_run(self, saved: dict[str, Any]) -> None:
+        current = OmegaConf.to_container(OmegaConf.structured(self.cfg), resolve=True)
+        differ = [key for key in RUN_DEFINING if current[key] != saved.get(key)]
+        if differ:
+            raise ValueError(f"resume=true: this command's {', '.join(differ)} differ from the run in {self.run_dir}; "
+                             f"repeat its settings (they are in {self.run_dir / 'config.yaml'})")
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, optimisers, step, RNG, best-so-far."""
+        self.agent.load_training_state(checkpoint["agent"])
+        self.step = int(checkpoint["step"])
+        self.best_success = float(checkpoint["best_success"])
+        self.last_eval = dict(checkpoint["last_eval"])
+        restore_rng_state(checkpoint["rng"], self.rng)
+        best = self.run_dir / "best.pt"
+        if best.is_file() and load_checkpoint(best)["step"] > self.step:
+            # killed between writing best.pt and the checkpoint after it: that evaluation is redone
+            best.unlink()
+        log.info("resumed from step %d", self.step)
+        print(f"resumed from step {self.step}", flush=True)
 
     def _calibration_batch(self, path: Path) -> Batch:
         """Fixed dataset states (held-out split when the file has one) with MC returns."""
@@ -138,6 +164,8 @@ class Workspace:
             "dataset": str(self.dataset_path),
             "agent": self.agent.training_state(),
             "step": self.step,
+            "best_success": self.best_success,
+            "last_eval": self.last_eval,
             "rng": rng_state(self.rng),
         }
 
@@ -160,36 +188,36 @@ class Workspace:
 
     def train(self) -> dict[str, float]:
         cfg = self.cfg
-        last_eval: dict[str, float] = {}
         window: dict[str, list[float]] = {}
-        start = time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"pretrain {cfg.algo.name}", unit="step", dynamic_ncols=True)
-        while self.step < cfg.steps:
-            metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng, cfg.algo.gamma, cfg.algo.n_step))
-            self.step += 1
-            bar.update(1)
-            for key, value in metrics.items():
-                window.setdefault(key, []).append(value)
-            if self.step % cfg.log_every == 0:
-                averaged = {key: float(np.mean(values)) for key, values in window.items()}
-                averaged["updates_per_second"] = self.step / (time.perf_counter() - start)
-                self.logger.log("train", self.step, averaged)
-                bar.set_postfix(q=f"{averaged['q_data']:.2f}", bound=f"{averaged.get('bound_rate', 0):.2f}",
-                                success=f"{last_eval.get('success_rate', float('nan')):.2f}")
-                window.clear()
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                last_eval = self.evaluate()
-                self.logger.log("eval", self.step, last_eval)
-                tqdm.write(f"step {self.step}: success {last_eval['success_rate']:.2f}, "
-                           f"Q(s, pi) {last_eval['q_policy']:.2f} vs MC {last_eval['mc_return']:.2f}")
-                if last_eval["success_rate"] > self.best_success:
-                    # Offline RL's eval curve is not monotone: the best policy is kept apart.
-                    self.best_success = last_eval["success_rate"]
-                    save_checkpoint(self.run_dir / "best.pt", {**self.checkpoint_payload(), "eval": last_eval})
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_payload())
-        bar.close()
-        return last_eval
+        start, start_step = time.perf_counter(), self.step
+        with tqdm(total=cfg.steps, initial=self.step, desc=f"pretrain {cfg.algo.name}", unit="step", dynamic_ncols=True) as bar:
+            while self.step < cfg.steps:
+                metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng, cfg.algo.gamma, cfg.algo.n_step))
+                self.step += 1
+                bar.update(1)
+                for key, value in metrics.items():
+                    window.setdefault(key, []).append(value)
+                if self.step % cfg.log_every == 0:
+                    averaged = {key: float(np.mean(values)) for key, values in window.items()}
+                    averaged["updates_per_second"] = (self.step - start_step) / (time.perf_counter() - start)
+                    self.logger.log("train", self.step, averaged)
+                    bar.set_postfix(q=f"{averaged['q_data']:.2f}", bound=f"{averaged.get('bound_rate', 0):.2f}",
+                                    success=f"{self.last_eval.get('success_rate', float('nan')):.2f}")
+                    window.clear()
+                evaluate = self.step % cfg.eval_every == 0 or self.step == cfg.steps
+                if evaluate:
+                    self.last_eval = self.evaluate()
+                    self.logger.log("eval", self.step, self.last_eval)
+                    tqdm.write(f"step {self.step}: success {self.last_eval['success_rate']:.2f}, "
+                               f"Q(s, pi) {self.last_eval['q_policy']:.2f} vs MC {self.last_eval['mc_return']:.2f}")
+                    if self.last_eval["success_rate"] > self.best_success:
+                        # Offline RL's eval curve is not monotone: the best policy is kept apart.
+                        self.best_success = self.last_eval["success_rate"]
+                        save_checkpoint(self.run_dir / "best.pt", {**self.checkpoint_payload(), "eval": self.last_eval})
+                # a checkpoint after every evaluation too, so that best.pt is never ahead of it
+                if evaluate or self.step % cfg.checkpoint_every == 0:
+                    save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_payload())
+        return self.last_eval
 
     def close(self) -> None:
         self.evaluator.close()
@@ -206,5 +234,5 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    reject_unknown_algorithm(sys.argv[1:])
+    check_command_line(sys.argv[1:])
     main()

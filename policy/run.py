@@ -1,14 +1,91 @@
-"""What the training entry points share: running a Workspace and turning failures into
-one-line errors with an exit status."""
+"""What the training entry points share: checks of the command line and the run directory
+before any work, running a Workspace, and turning failures into one-line errors with an exit
+status (1: training stopped on a non-finite loss; 2: bad input; 3: a write failed, e.g. a
+full disk)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
+from datasets.atomic import is_out_of_space, remove_stale_temporaries
 from policy.agent import NonFiniteLossError
 from policy.algorithms import REGISTRY, registered
+
+LOG_FILES = ("train.csv", "eval.csv", "episodes.csv")
+RUN_OUTPUTS = ("checkpoint.pt", "best.pt", *LOG_FILES, "tb", "videos")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU; a device this machine lacks is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use device=auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but CUDA is not available on this machine; use device=cpu (or device=auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={name} is not supported; use device=auto, cpu or cuda")
+    return device
+
+
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` if needed and write a file in it; one clear error if that fails."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"run directory {directory} is not writable ({error.strerror or error})") from None
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Make sure ``run_dir`` can take this run before any work: it is writable, a fresh run
+    does not silently overwrite or append to an earlier one, and leftovers of interrupted
+    writes are removed. Returns the checkpoint to resume from (``resume=true``), else None."""
+    if resume and overwrite:
+        raise ValueError("resume=true and overwrite=true contradict each other: choose one")
+    check_writable(run_dir)
+    for name in ("checkpoint.pt", "best.pt"):
+        remove_stale_temporaries(run_dir / name)
+    checkpoint = run_dir / "checkpoint.pt"
+    if resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"resume=true but there is no checkpoint to resume: {checkpoint}")
+        return checkpoint
+    used = [name for name in ("checkpoint.pt", *LOG_FILES) if (run_dir / name).exists()]
+    if used and not overwrite:
+        raise ValueError(f"{run_dir} already holds a run ({', '.join(used)}): continue it with resume=true, "
+                         f"or start over with overwrite=true (which deletes it)")
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return None
+
+
+def check_command_line(argv: list[str]) -> None:
+    """What can be refused before hydra composes the config: an unknown algorithm and a run
+    directory that cannot be written (hydra would fail on it with a traceback)."""
+    reject_unknown_algorithm(argv)
+    for arg in argv:
+        key, assigned, value = arg.partition("=")
+        if assigned and key.lstrip("+") == "hydra.run.dir" and "${" not in value:
+            try:
+                check_writable(Path(value))
+            except ValueError as error:
+                print(f"error: {error}", file=sys.stderr)
+                sys.exit(2)
 
 
 def reject_unknown_algorithm(argv: list[str]) -> None:
@@ -38,6 +115,11 @@ def run_workspace(make_workspace: Callable[[], Any], run_dir: Path) -> dict[str,
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:
+        if not is_out_of_space(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3)
     finally:
         if workspace is not None:
             workspace.close()

@@ -144,9 +144,10 @@ def collect(config: CollectConfig) -> dict[str, Any]:
 
     def episodes() -> Iterator[Episode]:
         context = multiprocessing.get_context("spawn")  # each worker owns a fresh GL context
-        with context.Pool(config.workers, initializer=_init_worker, initargs=(config,)) as pool:
-            results = pool.imap(_worker_episode, range(config.episodes), chunksize=4)
-            for episode in tqdm(results, total=config.episodes, desc=f"collect {config.task}", unit="ep"):
+        with context.Pool(config.workers, initializer=_init_worker, initargs=(config,)) as pool, \
+                tqdm(total=config.episodes, desc=f"collect {config.task}", unit="ep") as bar:
+            for episode in pool.imap(_worker_episode, range(config.episodes), chunksize=4):
+                bar.update(1)
                 mode = summary["by_mode"].setdefault(episode.attrs["mode"], {"episodes": 0, "successes": 0})
                 mode["episodes"] += 1
                 mode["successes"] += int(episode.attrs["success"])
@@ -156,8 +157,12 @@ def collect(config: CollectConfig) -> dict[str, Any]:
                 yield episode
 
     env_args = {"env_name": config.task, "env_kwargs": env_kwargs}
-    write_dataset(out, episodes(), env_args, valid_fraction=config.valid_fraction,
-                  attrs={"collection": OmegaConf.to_yaml(OmegaConf.structured(config))})
+    stream = episodes()
+    try:
+        write_dataset(out, stream, env_args, valid_fraction=config.valid_fraction,
+                      attrs={"collection": OmegaConf.to_yaml(OmegaConf.structured(config))})
+    finally:
+        stream.close()  # workers stopped and the progress bar closed before any error is printed
     summary["success_rate"] = summary["successes"] / summary["episodes"]
     summary["path"] = str(out)
     return summary
@@ -171,6 +176,9 @@ def main(cfg) -> None:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:  # a full disk or an unwritable destination
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3)
     print(f"wrote {summary['path']}: {summary['episodes']} episodes, {summary['transitions']} transitions, "
           f"success rate {summary['success_rate']:.3f}")
     for mode, stats in sorted(summary["by_mode"].items()):

@@ -288,6 +288,7 @@ class PickPlaceEnv(gym.Env):
         self._scene_option.sitegroup[:] = 0
         self._target = HOME_EEF_POS.copy()
         self._steps = 0
+        self._was_reset = False
 
     # ----------------------------------------------------------------------------- control
     def _solve_ik(self, target: np.ndarray, arm_qpos: np.ndarray, iterations: int = 2) -> np.ndarray:
@@ -336,9 +337,12 @@ class PickPlaceEnv(gym.Env):
         mujoco.mj_forward(m, d)
         self._target = self._grip_pos()
         self._steps = 0
+        self._was_reset = True
         return self._observation(), {"is_success": False}
 
     def step(self, action):
+        if not self._was_reset:
+            raise RuntimeError("step() called before reset(): call env.reset() first")
         action = checked_action(action, 4)
         m, d = self.model, self.data
         grip = self._grip_pos()

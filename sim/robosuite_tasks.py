@@ -96,6 +96,8 @@ class RobosuiteTaskEnv(gym.Env):
         return self._convert(self._env.reset()), {"is_success": False}
 
     def step(self, action):
+        if self._env is None:
+            raise RuntimeError("step() called before reset(): call env.reset() first")
         action = checked_action(action, 7)
         raw, reward, _, _ = self._env.step(action)
         self._steps += 1
