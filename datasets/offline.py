@@ -87,13 +87,13 @@ def _check_observations(where: str, obs: dict[str, np.ndarray], steps: int, spec
             raise ValueError(f"{where}/{key} has shape {list(value.shape[1:])}, the first demo's is {spec[key]['shape']}")
 
 
-def _check_demo(name: str, actions: np.ndarray, rewards: np.ndarray, path: Path) -> None:
+def _check_demo(where: str, actions: np.ndarray, rewards: np.ndarray) -> None:
     if not np.all(np.isfinite(rewards)):
-        raise ValueError(f"{path}: {name}/rewards contains non-finite values (NaN or inf)")
+        raise ValueError(f"{where}/rewards contains non-finite values (NaN or inf)")
     if not np.all(np.isfinite(actions)):
-        raise ValueError(f"{path}: {name}/actions contains non-finite values")
+        raise ValueError(f"{where}/actions contains non-finite values (NaN or inf)")
     if np.abs(actions).max(initial=0.0) > 1.0 + ACTION_TOLERANCE:
-        raise ValueError(f"{path}: {name}/actions exceed [-1, 1] (max |a| = {np.abs(actions).max():.3f})")
+        raise ValueError(f"{where}/actions exceed [-1, 1] (max |a| = {np.abs(actions).max():.3f})")
 
 
 def iter_episodes(
@@ -133,7 +133,7 @@ def iter_episodes(
                 raise ValueError(f"{where}: cannot be read ({error})") from None
             _check_observations(f"{where}/obs", obs, steps, spec)
             spec = spec or obs_spec_of(obs)
-            _check_demo(name, actions, rewards, path)
+            _check_demo(where, actions, rewards)
             if next_obs is not None:
                 _check_observations(f"{where}/next_obs", next_obs, steps, spec)
                 # episode boundaries: where the next observation is not the following one

@@ -7,7 +7,9 @@ dimension of any size), and returns the deterministic action (tanh of the policy
 the env's action space [-1, 1]. Preprocessing lives inside; wrong shapes or dtypes fail with
 a message naming the input. ``metadata.json`` is stored in the file (``_extra_files``) and
 the module's ``obs_keys()``, ``input_shapes()`` and ``input_dtypes()`` methods answer the same
-from C++. ``format=torch_export`` also writes a ``torch.export`` program (``.pt2``).
+from C++. ``format=torch_export`` also writes a ``torch.export`` program (``.pt2``) whose input
+is a dict of the same tensors keyed by observation name (so that a failed shape guard names the
+input), for batch sizes 1 to ``EXPORT_MAX_BATCH``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from policy.checkpoint import load_checkpoint, restore_agent
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("torchscript", "torch_export")
+EXPORT_MAX_BATCH = 4096  # the .pt2 program's batch dimension is dynamic up to this size
 ACTION_MEANINGS = {
     "pickplace": ["dx (x 0.04 m)", "dy (x 0.04 m)", "dz (x 0.04 m)", "gripper: -1 open, +1 closed"],
     "lift": ["OSC_POSE dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"],
@@ -50,6 +53,17 @@ class PolicyCore(nn.Module):
     def forward(self, observations: list[torch.Tensor]) -> torch.Tensor:
         features = self.encoder(dict(zip(self.obs_keys, observations)))
         return self.actor.deterministic(features)
+
+
+class NamedInputPolicy(nn.Module):
+    """The core on a dict of observations keyed by name (the ``.pt2`` program's input)."""
+
+    def __init__(self, core: PolicyCore) -> None:
+        super().__init__()
+        self.core = core
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.core([observations[key] for key in self.core.obs_keys])
 
 
 def _dtype_name(x: torch.Tensor) -> str:
@@ -156,8 +170,9 @@ def export_policy(checkpoint_path: str | Path, out: str | Path, formats: tuple[s
             torch.jit.save(scripted, f, _extra_files={"metadata.json": json.dumps(metadata, indent=2)})
         written["torchscript"] = out
         if "torch_export" in formats:
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            program = torch.export.export(core, (examples,), dynamic_shapes=([{0: batch} for _ in examples],))
+            batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
+            named = dict(zip(obs_keys, examples))
+            program = torch.export.export(NamedInputPolicy(core), (named,), dynamic_shapes=({k: {0: batch} for k in obs_keys},))
             pt2 = out.with_suffix(".pt2")
             with atomic_path(pt2) as tmp, open(tmp, "wb") as f:
                 torch.export.save(program, f, extra_files={"metadata.json": json.dumps(metadata, indent=2)})

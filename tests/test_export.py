@@ -48,7 +48,11 @@ def test_exported_matches_eager_on_recorded_observations(exported, trained, smal
     eager = agent.act(obs)
     for batch in (slice(0, 1), slice(0, 7), slice(None)):  # the batch dimension is free
         np.testing.assert_allclose(policy(_inputs(policy, obs, batch)).numpy(), eager[batch], atol=1e-5)
-    np.testing.assert_allclose(program(_inputs(policy, obs)).detach().numpy(), eager, atol=1e-5)
+    named = dict(zip(policy.obs_keys(), _inputs(policy, obs)))
+    np.testing.assert_allclose(program(named).detach().numpy(), eager, atol=1e-5)
+    small = {**named, "agentview_image": named["agentview_image"][:, :32, :32]}
+    with pytest.raises(Exception, match=r"observations\['agentview_image'\]"):  # a failed guard names the input
+        program(small)
 
 
 def test_exported_policy_reproduces_eager_episodes_in_the_sim(exported, trained):

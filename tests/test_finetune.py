@@ -107,6 +107,11 @@ def test_resume_after_sigkill(trained, small_dataset, tmp_path):
     counters = final["counters"]
     assert counters["env_steps"] >= 300
     assert counters["updates"] == final["online_buffer"]["size"]  # buffer and optimiser steps restored together
+    # the logs hold each step once: rows the killed run wrote after its checkpoint were dropped
+    train_steps = [int(r["step"]) for r in _rows(run_dir / "train.csv")]
+    assert train_steps == sorted(set(train_steps))
+    episodes = _rows(run_dir / "episodes.csv")
+    assert sum(int(r["length"]) for r in episodes) == final["online_buffer"]["size"] and len(episodes) == counters["episodes"]
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path):
