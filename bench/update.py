@@ -40,6 +40,7 @@ def synthetic_batch(batch_size: int, image_size: int, rng: np.random.Generator) 
         timeouts=np.zeros(batch_size, np.float32),
         mc_returns=rng.uniform(-100, 0, batch_size).astype(np.float32),
         discounts=np.full(batch_size, 0.99, np.float32),
+        online=(np.arange(batch_size) % 2).astype(np.float32),  # half online, as in fine-tuning
     )
 
 

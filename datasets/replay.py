@@ -9,6 +9,7 @@ Every transition carries ``terminals`` (the task ended: no bootstrapping) apart 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
@@ -27,7 +28,8 @@ class Batch:
     """A batch of transitions: the one shape every agent's ``update`` takes.
 
     ``discounts`` is the factor of the bootstrap value: gamma for one-step transitions,
-    gamma**m for an n-step transition that took m steps. ``to_torch`` makes tensors on a
+    gamma**m for an n-step transition that took m steps. ``online`` is 1 for transitions from
+    the online buffer (fine-tuning), 0 for offline data. ``to_torch`` makes tensors on a
     device (the model boundary); images stay uint8 HWC until the encoder.
     """
 
@@ -39,6 +41,7 @@ class Batch:
     timeouts: Array
     mc_returns: Array
     discounts: Array
+    online: Array
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -177,6 +180,7 @@ class ReplayBuffer:
             obs=obs, next_obs=next_obs, actions=self.data["actions"][index], rewards=rewards,
             terminals=self.data["terminals"][last], timeouts=self.data["timeouts"][last],
             mc_returns=self.data["mc_returns"][index], discounts=(gamma ** steps).astype(np.float32),
+            online=np.zeros(len(index), np.float32),
         )
 
     def sample(self, batch_size: int, rng: np.random.Generator, gamma: float, n_step: int = 1) -> Batch:
@@ -238,6 +242,10 @@ def sample_offline_online(
         num_offline = round(offline_ratio * batch_size)
     else:
         num_offline = int((rng.integers(0, num_offline_data + len(online), size=batch_size) < num_offline_data).sum())
-    parts = [buffer.sample(count, rng, gamma, n_step)
-             for buffer, count in ((offline, num_offline), (online, batch_size - num_offline)) if count]
+    parts = []
+    if num_offline:
+        parts.append(offline.sample(num_offline, rng, gamma, n_step))
+    if batch_size - num_offline:
+        part = online.sample(batch_size - num_offline, rng, gamma, n_step)
+        parts.append(dataclasses.replace(part, online=np.ones(len(part), np.float32)))
     return Batch.concatenate(parts)

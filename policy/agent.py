@@ -50,10 +50,21 @@ def grad_norm(parameters: Iterable[nn.Parameter]) -> float:
     return torch.stack(norms).norm().item() if norms else 0.0
 
 
-def td_loss(q_data: torch.Tensor, td_target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum over Q heads of the mean squared TD error. ``q_data``: (C, B), ``td_target``: (B,)."""
-    per_head = ((q_data - td_target.unsqueeze(0)) ** 2).mean(dim=1)
-    return per_head.sum(), {"td_loss": per_head.mean().item()}
+def td_loss(q_data: torch.Tensor, td_target: torch.Tensor,
+            online: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over Q heads of the mean squared TD error. ``q_data``: (C, B), ``td_target``: (B,).
+
+    With an ``online`` mask (B,) holding both kinds of rows, the metrics split the error into
+    offline and online transitions (does the critic fit the new data worse than the old?).
+    """
+    squared = (q_data - td_target.unsqueeze(0)) ** 2
+    per_head = squared.mean(dim=1)
+    metrics = {"td_loss": per_head.mean().item()}
+    if online is not None and 0 < int(online.sum()) < len(online):
+        per_row = squared.mean(dim=0)
+        metrics["td_loss_online"] = per_row[online > 0].mean().item()
+        metrics["td_loss_offline"] = per_row[online == 0].mean().item()
+    return per_head.sum(), metrics
 
 
 class Agent(nn.Module):

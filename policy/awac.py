@@ -62,7 +62,7 @@ class AWACAgent(Agent):
         # one critic pass scores the data's actions (for TD) and a policy sample (the baseline V)
         q_all = self.critic(features, torch.cat([batch.actions.unsqueeze(1), policy_actions], dim=1))
         q_data = q_all[:, :, 0]
-        critic_loss, metrics = td_loss(q_data, td_target)
+        critic_loss, metrics = td_loss(q_data, td_target, batch.online)
         metrics.update(self.step("critic", critic_loss, "critic_loss",
                                  {"critic": self.critic.parameters(), "encoder": self.encoder.parameters()}))
 

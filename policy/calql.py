@@ -188,7 +188,7 @@ class CalQLAgent(Agent):
         # critic: TD loss, plus the (calibrated) conservative penalty
         if not self.conservative:
             q_data = self.critic(features, actions.unsqueeze(1))[:, :, 0]
-            critic_loss, metrics = td_loss(q_data, td_target)
+            critic_loss, metrics = td_loss(q_data, td_target, batch.online)
             penalty, cql_alpha = torch.zeros(()), torch.zeros(())
         else:
             n = cfg.cql_num_actions
@@ -200,7 +200,7 @@ class CalQLAgent(Agent):
             q_all = self.critic(features, all_actions)  # (C, B, 1 + 3n)
             q_data = q_all[:, :, 0]
             q_random, q_current, q_next = q_all[:, :, 1:].split(n, dim=-1)
-            loss_td, metrics = td_loss(q_data, td_target)
+            loss_td, metrics = td_loss(q_data, td_target, batch.online)
             gap, cql_metrics = cql_penalty(
                 q_data, q_random, q_current, q_next, logp_current, logp_next,
                 batch.mc_returns if self.calibrated else None, self.action_dim, cfg.cql_temperature,
@@ -233,6 +233,8 @@ class CalQLAgent(Agent):
             actor_loss, actor_metrics = sac_actor_loss(logp, q_policy, entropy_alpha)
             if cfg.actor_bc_weight > 0:
                 regularizer, bc_metrics = bc_regularizer(mean, actions, q_policy, cfg.actor_bc_weight)
+                # how much of the actor's objective the BC term is
+                bc_metrics["bc_share"] = regularizer.item() / (abs(actor_loss.item()) + regularizer.item() + 1e-8)
                 actor_loss = actor_loss + regularizer
                 actor_metrics.update(bc_metrics)
             self.critic.requires_grad_(True)

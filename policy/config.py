@@ -84,6 +84,7 @@ class FinetuneConfig:
     eval_episodes: int = 10
     eval_workers: int = 2
     eval_seed: int = 100000
+    calibration_states: int = 1024  # held-out offline states and recent online ones for Q vs MC
     video: bool = True  # an mp4 of one evaluation episode at each evaluation
     checkpoint_every: int = 2000  # env steps
     resume: bool = False  # continue from <run dir>/checkpoint.pt

@@ -1,12 +1,51 @@
-"""Deterministic evaluation of a policy in parallel sim workers."""
+"""Evaluation: deterministic episodes of a policy in parallel sim workers, and the
+calibration picture (the critic's Q against Monte-Carlo returns on fixed states)."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 import sim
+from datasets.offline import load_replay
+from datasets.replay import Batch, ReplayBuffer
+from datasets.returns import RewardConfig
+from policy.agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+def calibration_batch(path: str | Path, obs_keys: list[str], gamma: float, reward: RewardConfig, terminals: str,
+                      filter_key: str | None, count: int, seed: int, fallback: ReplayBuffer) -> Batch:
+    """``count`` fixed dataset states with their MC returns, from the held-out split
+    ``filter_key`` when the file has one, else from ``fallback`` (the training replay)."""
+    source = fallback
+    if filter_key:
+        try:
+            source, _ = load_replay(path, obs_keys, gamma, reward, filter_key, terminals)
+        except ValueError as error:
+            log.info("calibration states from the training split (%s)", error)
+    index = np.random.default_rng(seed).integers(0, len(source), size=min(count, len(source)))
+    return source.gather(index, gamma)
+
+
+def calibration_metrics(agent: Agent, batch: Batch, prefix: str = "") -> dict[str, float]:
+    """Mean Q of the policy's and the data's actions against the mean MC return on ``batch``'s
+    states, and whether Q ranks states like their returns do (``q_data_mc_corr``)."""
+    q_policy = agent.q_values(batch.obs)
+    q_data = agent.q_values(batch.obs, batch.actions)
+    returns = np.asarray(batch.mc_returns)
+    spread = np.std(q_data) > 0 and np.std(returns) > 0
+    return {
+        f"{prefix}q_policy": float(q_policy.mean()),
+        f"{prefix}q_data": float(q_data.mean()),
+        f"{prefix}mc_return": float(returns.mean()),
+        f"{prefix}q_policy_minus_mc": float((q_policy - returns).mean()),
+        f"{prefix}q_data_mc_corr": float(np.corrcoef(q_data, returns)[0, 1]) if spread else float("nan"),
+    }
 
 
 class Evaluator:

@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 import sim  # noqa: E402
 from datasets.offline import load_replay  # noqa: E402
-from datasets.replay import SAMPLING_MODES, ReplayBuffer, sample_offline_online  # noqa: E402
+from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, sample_offline_online  # noqa: E402
 from datasets.returns import RewardConfig, episode_rewards_and_returns  # noqa: E402
 from perception.encoders import EncoderConfig  # noqa: E402
 from policy.agent import Agent  # noqa: E402
@@ -38,7 +38,7 @@ from policy.algorithms import algo_config, check_config, make_agent  # noqa: E40
 from policy.calql import SACConfig  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import FinetuneConfig  # noqa: E402
-from policy.evaluation import Evaluator  # noqa: E402
+from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
 from policy.logger import MetricLogger  # noqa: E402
 from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path  # noqa: E402
 from policy.run import check_command_line, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
@@ -118,6 +118,7 @@ class Workspace:
         self.reward = reward
 
         self.offline: ReplayBuffer | None = None
+        self.calibration: Batch | None = None  # held-out offline states, as in pretraining
         if cfg.offline_data and cfg.mixing_ratio > 0:
             if offline_path is None:
                 offline_path = str(dataset_path(cfg.dataset))
@@ -128,6 +129,9 @@ class Workspace:
                                  f"the agent expects {self.obs_spec}")
             if source is None:  # a new agent standardises inputs like the data
                 self.agent.set_lowdim_normalization(self.offline.lowdim_stats())
+            self.calibration = calibration_batch(
+                offline_path, sorted(self.obs_spec), gamma, reward, cfg.dataset.terminals, cfg.dataset.eval_filter_key,
+                cfg.calibration_states, cfg.seed + 1, self.offline)
         capacity = cfg.env_steps + cfg.num_envs * 1000  # a kill may redo up to one episode per env
         self.online = ReplayBuffer(self.obs_spec, action_dim, capacity, 2 * capacity)
         log.info("online buffer: capacity %d transitions, %.1f MB", capacity, self.online.nbytes / 2**20)
@@ -185,6 +189,13 @@ class Workspace:
     def evaluate(self) -> dict[str, float]:
         self.agent.eval()
         metrics = self.evaluator.run(lambda obs: self.agent.act(obs), self.cfg.eval_episodes)
+        # the calibration picture on the offline states pretraining tracked, and on the most
+        # recent online transitions
+        if self.calibration is not None:
+            metrics.update(calibration_metrics(self.agent, self.calibration))
+        if len(self.online):
+            recent = np.arange(max(0, len(self.online) - self.cfg.calibration_states), len(self.online))
+            metrics.update(calibration_metrics(self.agent, self.online.gather(recent, self.agent.config.gamma), "online_"))
         self.eval_history.append([float(self.env_steps), metrics["success_rate"]])
         metrics["cumulative_regret"] = float(np.mean([1.0 - s for _, s in self.eval_history]))
         if self.cfg.video:

@@ -95,7 +95,7 @@ class IQLAgent(Agent):
         with torch.no_grad():
             td_target = batch.rewards + batch.discounts * (1.0 - batch.terminals) * self.value(next_features)
         q_data = self.critic(features, batch.actions.unsqueeze(1))[:, :, 0]
-        critic_loss, critic_metrics = td_loss(q_data, td_target)
+        critic_loss, critic_metrics = td_loss(q_data, td_target, batch.online)
         metrics.update(critic_metrics)
         metrics.update(self.step("critic", critic_loss, "critic_loss",
                                  {"critic": self.critic.parameters(), "encoder": self.encoder.parameters()}))

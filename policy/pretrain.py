@@ -26,12 +26,12 @@ from tqdm import tqdm  # noqa: E402
 
 import sim  # noqa: E402
 from datasets.offline import load_replay  # noqa: E402
-from datasets.replay import Batch, ObsSpec, ReplayBuffer, is_image  # noqa: E402
+from datasets.replay import ObsSpec, is_image  # noqa: E402
 from datasets.robomimic_hdf5 import read_env_args  # noqa: E402
 from policy.algorithms import check_config, make_agent  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import DatasetConfig, PretrainConfig  # noqa: E402
-from policy.evaluation import Evaluator  # noqa: E402
+from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
 from policy.logger import MetricLogger  # noqa: E402
 from policy.run import check_command_line, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
 
@@ -96,7 +96,9 @@ class Workspace:
                                          cfg.dataset.filter_key, cfg.dataset.terminals)
         log.info("replay: %d transitions in %d episodes (%d successes), %.1f MB",
                  len(self.replay), stats.episodes, stats.successes, self.replay.nbytes / 2**20)
-        self.calibration_batch = self._calibration_batch(path)
+        self.calibration_batch = calibration_batch(
+            path, list(cfg.dataset.obs_keys), cfg.algo.gamma, cfg.dataset.reward, cfg.dataset.terminals,
+            cfg.dataset.eval_filter_key, cfg.calibration_states, cfg.seed + 1, self.replay)
 
         self.env_kwargs = dict(env_args.get("env_kwargs", {})) if env_args.get("env_name") == cfg.env.name else {}
         self.env_kwargs.update(cfg.env.kwargs)
@@ -141,19 +143,6 @@ class Workspace:
         log.info("resumed from step %d", self.step)
         print(f"resumed from step {self.step}", flush=True)
 
-    def _calibration_batch(self, path: Path) -> Batch:
-        """Fixed dataset states (held-out split when the file has one) with MC returns."""
-        cfg = self.cfg
-        source: ReplayBuffer = self.replay
-        if cfg.dataset.eval_filter_key:
-            try:
-                source, _ = load_replay(path, list(cfg.dataset.obs_keys), cfg.algo.gamma, cfg.dataset.reward,
-                                        cfg.dataset.eval_filter_key, cfg.dataset.terminals)
-            except ValueError as error:
-                log.info("calibration states from the training split (%s)", error)
-        index = np.random.default_rng(cfg.seed + 1).integers(0, len(source), size=min(cfg.calibration_states, len(source)))
-        return source.gather(index, cfg.algo.gamma)
-
     def checkpoint_payload(self) -> dict[str, Any]:
         return {
             "algo": self.cfg.algo.name,
@@ -172,17 +161,7 @@ class Workspace:
     def evaluate(self) -> dict[str, float]:
         self.agent.eval()
         metrics = self.evaluator.run(lambda obs: self.agent.act(obs, deterministic=True), self.cfg.eval_episodes)
-        batch = self.calibration_batch
-        q_policy = self.agent.q_values(batch.obs)
-        q_data = self.agent.q_values(batch.obs, batch.actions)
-        metrics.update(
-            q_policy=float(q_policy.mean()),
-            q_data=float(q_data.mean()),
-            mc_return=float(batch.mc_returns.mean()),
-            q_policy_minus_mc=float((q_policy - batch.mc_returns).mean()),
-            # Does the critic tell states that lead to success from those that do not?
-            q_data_mc_corr=float(np.corrcoef(q_data, batch.mc_returns)[0, 1]),
-        )
+        metrics.update(calibration_metrics(self.agent, self.calibration_batch))
         self.agent.train()
         return metrics
 

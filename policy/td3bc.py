@@ -78,7 +78,7 @@ class TD3BCAgent(Agent):
             next_q = self.target_critic(next_features, next_actions.unsqueeze(1)).min(dim=0).values[:, 0]
             td_target = batch.rewards + batch.discounts * (1.0 - batch.terminals) * next_q
         q_data = self.critic(features, batch.actions.unsqueeze(1))[:, :, 0]
-        critic_loss, metrics = td_loss(q_data, td_target)
+        critic_loss, metrics = td_loss(q_data, td_target, batch.online)
         metrics.update(self.step("critic", critic_loss, "critic_loss",
                                  {"critic": self.critic.parameters(), "encoder": self.encoder.parameters()}))
 

@@ -39,7 +39,7 @@ def _image_batch(seed: int = 0, size: int = 8) -> Batch:
     return Batch(obs=obs(), next_obs=obs(), actions=rng.uniform(-1, 1, (size, 4)).astype(np.float32),
                  rewards=rng.normal(size=size).astype(np.float32), terminals=np.zeros(size, np.float32),
                  timeouts=np.zeros(size, np.float32), mc_returns=rng.normal(size=size).astype(np.float32),
-                 discounts=np.full(size, 0.99, np.float32))
+                 discounts=np.full(size, 0.99, np.float32), online=(np.arange(size) % 2).astype(np.float32))
 
 
 def _parameters(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -189,7 +189,8 @@ def _one_step_batch(rng: np.random.Generator, size: int) -> Batch:
     rewards = (-10.0 * ((actions - best) ** 2).sum(axis=1)).astype(np.float32)
     ones = np.ones(size, np.float32)
     return Batch(obs={"state": states}, next_obs={"state": states}, actions=actions, rewards=rewards,
-                 terminals=ones, timeouts=0 * ones, mc_returns=rewards, discounts=0.99 * ones)
+                 terminals=ones, timeouts=0 * ones, mc_returns=rewards, discounts=0.99 * ones,
+                 online=0 * ones)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

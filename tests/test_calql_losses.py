@@ -76,6 +76,10 @@ def test_temperature_and_td_loss():
     torch.testing.assert_close(gap, _terms(q_data, q_random, q_current, q_next, logp_c, logp_n, temperature=0.5))
     loss, metrics = td_loss(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([0.0, 2.0]))
     assert math.isclose(loss.item(), 0.5 + 2.0) and math.isclose(metrics["td_loss"], 1.25)
+    assert "td_loss_online" not in metrics
+    # split by source: row 0 (offline) errs 1 and 0 over the heads, row 1 (online) 0 and 4
+    _, split = td_loss(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([0.0, 2.0]), torch.tensor([0.0, 1.0]))
+    assert split["td_loss_offline"] == pytest.approx(0.5) and split["td_loss_online"] == pytest.approx(2.0)
 
 
 def test_bc_regularizer_scales_with_q_magnitude():

@@ -29,3 +29,19 @@ def test_evaluator_reports_the_success_of_the_policy_it_runs():
         evaluator.close()
     assert expert["success_rate"] == 1.0 and expert["return"] == 1.0 and expert["episode_length"] < 45
     assert idle == {"success_rate": 0.0, "return": 0.0, "episode_length": 45.0}
+
+
+def test_calibration_metrics_on_a_hand_built_batch():
+    from datasets.replay import Batch
+    from policy.evaluation import calibration_metrics
+
+    class FixedCritic:
+        def q_values(self, obs, actions=None):
+            return np.array([-10.0, -30.0]) if actions is None else np.array([-20.0, -40.0])
+
+    zeros = np.zeros(2, np.float32)
+    batch = Batch(obs={"x": np.zeros((2, 1))}, next_obs={"x": np.zeros((2, 1))}, actions=np.zeros((2, 1)), rewards=zeros,
+                  terminals=zeros, timeouts=zeros, mc_returns=np.array([-100.0, -300.0]), discounts=zeros, online=zeros)
+    metrics = calibration_metrics(FixedCritic(), batch, "online_")
+    assert metrics == {"online_q_policy": -20.0, "online_q_data": -30.0, "online_mc_return": -200.0,
+                       "online_q_policy_minus_mc": 180.0, "online_q_data_mc_corr": 1.0}

@@ -42,6 +42,8 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
     evals = _rows(run_dir / "eval.csv")
     assert [int(r["step"]) for r in evals] == [100, 200]
     assert {"success_rate", "return", "episode_length", "cumulative_regret"} <= set(evals[0])
+    # the calibration picture on held-out offline states and on recent online ones
+    assert {"q_policy", "q_data", "mc_return", "q_data_mc_corr", "online_q_policy", "online_mc_return"} <= set(evals[0])
     videos = sorted((run_dir / "videos").glob("*.mp4"))
     assert len(videos) == 2 and all(v.stat().st_size > 1000 for v in videos)
     episodes = _rows(run_dir / "episodes.csv")
@@ -54,7 +56,10 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
     recorded = OmegaConf.load(run_dir / "config.yaml")  # the run records what it trained
     assert recorded.algo.name == "calql" and recorded.algo.actor_bc_weight == 0.5 and recorded.algo.cql_num_actions == 2
     # the actor's BC term, switched on from the command line
-    assert {"bound_rate", "bc_mse", "env_steps", "sim_seconds", "learn_seconds"} <= set(_rows(run_dir / "train.csv")[0])
+    train = _rows(run_dir / "train.csv")
+    assert {"bound_rate", "bc_mse", "bc_share", "env_steps", "sim_seconds", "learn_seconds"} <= set(train[0])
+    # TD error split by the source of the transitions once both are in the batches
+    assert any(row.get("td_loss_online") and row.get("td_loss_offline") for row in train)
 
 
 def test_sac_from_scratch_runs_through_the_same_loop(tmp_path):

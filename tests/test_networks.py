@@ -60,7 +60,7 @@ def _batch(rng, batch_size=8, mc_return=-50.0) -> Batch:
         actions=rng.uniform(-1, 1, (batch_size, 4)).astype(np.float32),
         rewards=-np.ones(batch_size, np.float32), terminals=np.zeros(batch_size, np.float32),
         timeouts=np.zeros(batch_size, np.float32), mc_returns=np.full(batch_size, mc_return, np.float32),
-        discounts=np.full(batch_size, 0.99, np.float32),
+        discounts=np.full(batch_size, 0.99, np.float32), online=np.zeros(batch_size, np.float32),
     )
 
 

@@ -80,6 +80,7 @@ def test_mixing_ratio_is_honoured(ratio, offline_count):
     batch = sample_offline_online(offline, online, 256, np.random.default_rng(0), 0.99, offline_ratio=ratio)
     assert batch.actions.shape == (256, 1) and batch.obs["x"].shape == (256, 2) and batch.discounts.shape == (256,)
     assert int((batch.actions == 1.0).sum()) == offline_count
+    np.testing.assert_array_equal(batch.online, (batch.actions[:, 0] == -1.0).astype(np.float32))  # marks the source
     empty_online = ReplayBuffer({"x": {"shape": [2], "dtype": "float32"}}, 1, 10, 20)
     assert (sample_offline_online(offline, empty_online, 32, np.random.default_rng(0), 0.99, offline_ratio=ratio).actions == 1.0).all()
     assert (sample_offline_online(None, online, 32, np.random.default_rng(0), 0.99, offline_ratio=ratio).actions == -1.0).all()
