@@ -8,7 +8,7 @@ does follows from its name alone: its config class (``SACConfig``, ``CQLConfig``
 Nakamoto et al., "Cal-QL: Calibrated Offline RL Pre-Training for Efficient Online
 Fine-Tuning" (NeurIPS 2023). The only change to CQL: inside the CQL regulariser, Q-values of
 actions sampled from the current policy (at s and at s') are replaced by
-``max(Q(s, a_pi), mc_return(s))``. ``calibrated=False`` gives plain CQL (``algo=cql``).
+``max(Q(s, a_pi), mc_return(s))``; without it (``algo=cql``) this is plain CQL.
 
 Critic, per Q head i: a TD loss to ``r + gamma (1 - terminal) max_k min_j Qtarg_j(s', a'_k)``
 (max backup over k policy samples, no entropy term) plus
