@@ -34,6 +34,9 @@ from policy.agent import Agent, AlgoConfig, td_loss
 from policy.networks import EnsembleCritic, TanhGaussianActor, sample_tanh_gaussian, soft_update, tanh_gaussian_log_prob
 
 
+BC_SOURCES = ("all", "offline")
+
+
 @dataclass
 class SACConfig(AlgoConfig):
     name: str = "sac"
@@ -50,6 +53,9 @@ class SACConfig(AlgoConfig):
     # After the warm start, add w * mean|Q| * |tanh(mean) - a_data|^2 to the actor loss (TD3+BC's
     # constraint, scale-free in Q; TD3+BC's lambda 2.5 is w = 0.4). 0 is the reference.
     actor_bc_weight: float = 0.0
+    # Which rows the BC term imitates: all of the batch, or only the offline data's (online
+    # rows hold the policy's own exploration actions, which anchor it to itself).
+    actor_bc_source: str = "all"  # all | offline
     # The actor gets its own encoder, trained by the actor's loss (robomimic's layout), instead
     # of reading the critic's features detached (DrQ's).
     separate_actor_encoder: bool = False
@@ -118,10 +124,13 @@ def sac_actor_loss(logp: torch.Tensor, q_min: torch.Tensor, entropy_alpha: torch
     return loss, {"actor_loss": loss.item(), "entropy": -logp.mean().item(), "q_policy": q_min.mean().item()}
 
 
-def bc_regularizer(mean: torch.Tensor, actions: torch.Tensor, q_min: torch.Tensor, weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+def bc_regularizer(mean: torch.Tensor, actions: torch.Tensor, q_min: torch.Tensor, weight: float,
+                   rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """``weight * mean|Q| * mean ||tanh(mean) - a_data||^2``: ties the actor to the data's actions in
-    proportion to the Q scale, so the weight does not depend on the reward scale."""
-    squared_error = ((torch.tanh(mean) - actions) ** 2).sum(-1).mean()
+    proportion to the Q scale, so the weight does not depend on the reward scale. ``rows`` (a
+    boolean mask) restricts the squared error to those rows, e.g. the offline data's."""
+    per_row = ((torch.tanh(mean) - actions) ** 2).sum(-1)
+    squared_error = per_row[rows].mean() if rows is not None else per_row.mean()
     loss = weight * q_min.abs().mean().detach() * squared_error
     return loss, {"bc_mse": squared_error.item(), "bc_loss": loss.item()}
 
@@ -144,6 +153,8 @@ class CalQLAgent(Agent):
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
         if config.actor_bc_weight < 0:
             raise ValueError(f"algo.actor_bc_weight must be >= 0, got {config.actor_bc_weight}")
+        if config.actor_bc_source not in BC_SOURCES:
+            raise ValueError(f"algo.actor_bc_source must be one of {', '.join(BC_SOURCES)}, got {config.actor_bc_source!r}")
         self.conservative = isinstance(config, CQLConfig)
         self.calibrated = config.name == "calql"
         self.target_entropy = config.target_entropy if config.target_entropy is not None else -float(action_dim)
@@ -232,7 +243,8 @@ class CalQLAgent(Agent):
             q_policy = self.critic(features.detach(), policy_actions).min(dim=0).values
             actor_loss, actor_metrics = sac_actor_loss(logp, q_policy, entropy_alpha)
             if cfg.actor_bc_weight > 0:
-                regularizer, bc_metrics = bc_regularizer(mean, actions, q_policy, cfg.actor_bc_weight)
+                rows = batch.online == 0 if cfg.actor_bc_source == "offline" and bool((batch.online == 0).any()) else None
+                regularizer, bc_metrics = bc_regularizer(mean, actions, q_policy, cfg.actor_bc_weight, rows)
                 # how much of the actor's objective the BC term is
                 bc_metrics["bc_share"] = regularizer.item() / (abs(actor_loss.item()) + regularizer.item() + 1e-8)
                 actor_loss = actor_loss + regularizer

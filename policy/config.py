@@ -74,6 +74,7 @@ class FinetuneConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # offline data for mixed batches
     offline_data: bool = True  # mix offline transitions into every batch
     actor_bc_weight: Optional[float] = None  # the actor's BC term online; null: the checkpoint's
+    actor_bc_source: Optional[str] = None  # all | offline: the rows the BC term imitates; null: the checkpoint's
     env_steps: int = 10000
     num_envs: int = 2
     utd: float = 1.0  # gradient updates per env step, applied when an episode ends

@@ -35,7 +35,7 @@ from datasets.returns import RewardConfig, episode_rewards_and_returns  # noqa: 
 from perception.encoders import EncoderConfig  # noqa: E402
 from policy.agent import Agent  # noqa: E402
 from policy.algorithms import algo_config, check_config, make_agent  # noqa: E402
-from policy.calql import SACConfig  # noqa: E402
+from policy.calql import BC_SOURCES, SACConfig  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import FinetuneConfig  # noqa: E402
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
@@ -96,12 +96,15 @@ class Workspace:
                 raise ValueError(f"observation key(s) {missing} are not produced by env {self.env_name!r}")
             self.agent = make_agent(cfg.algo, self.obs_spec, action_dim, cfg.encoder, self.device)
         check_obs_spec(self.obs_spec, probe.observation_space, self.env_name, "checkpoint")
-        if cfg.actor_bc_weight is not None:
-            if not hasattr(self.agent.config, "actor_bc_weight"):
-                raise ValueError(f"actor_bc_weight applies to calql, cql and sac; algo {self.algo!r} has no such term")
-            if cfg.actor_bc_weight < 0:
-                raise ValueError(f"actor_bc_weight must be >= 0, got {cfg.actor_bc_weight}")
-            self.agent.config.actor_bc_weight = cfg.actor_bc_weight
+        for option, allowed in (("actor_bc_weight", None), ("actor_bc_source", BC_SOURCES)):
+            value = getattr(cfg, option)
+            if value is None:
+                continue
+            if not hasattr(self.agent.config, option):
+                raise ValueError(f"{option} applies to calql, cql and sac; algo {self.algo!r} has no BC term")
+            if (allowed is None and value < 0) or (allowed is not None and value not in allowed):
+                raise ValueError(f"{option} must be {'>= 0' if allowed is None else 'one of ' + ', '.join(allowed)}, got {value!r}")
+            setattr(self.agent.config, option, value)
         if action_dim != self.agent.action_dim:
             raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
         probe.close()

@@ -90,3 +90,10 @@ def test_bc_regularizer_scales_with_q_magnitude():
     assert loss.item() == pytest.approx(0.4 * 200.0 * 0.625)
     scaled, _ = bc_regularizer(mean, actions, torch.tensor([-10.0, -30.0]), weight=0.4)
     assert scaled.item() == pytest.approx(loss.item() / 10)
+
+
+def test_bc_regularizer_on_selected_rows():
+    mean = torch.zeros(2, 3)
+    actions = torch.tensor([[0.5, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    loss, metrics = bc_regularizer(mean, actions, torch.tensor([-100.0, -300.0]), 0.4, torch.tensor([True, False]))
+    assert metrics["bc_mse"] == pytest.approx(0.25) and loss.item() == pytest.approx(0.4 * 200.0 * 0.25)

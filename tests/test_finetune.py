@@ -60,6 +60,10 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
     assert {"bound_rate", "bc_mse", "bc_share", "env_steps", "sim_seconds", "learn_seconds"} <= set(train[0])
     # TD error split by the source of the transitions once both are in the batches
     assert any(row.get("td_loss_online") and row.get("td_loss_offline") for row in train)
+    # the same command again would overwrite this run: refused before any work
+    again = _finetune(f"checkpoint={trained}", f"hydra.run.dir={run_dir}", "env_steps=200")
+    assert again.returncode == 2 and "already holds a run (checkpoint.pt, train.csv, eval.csv, episodes.csv)" in again.stderr
+    assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["env_steps"] == 200
 
 
 def test_sac_from_scratch_runs_through_the_same_loop(tmp_path):

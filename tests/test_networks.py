@@ -167,3 +167,23 @@ def test_invalid_algo_values_are_rejected(field, value):
     config = CalQLConfig(hidden_dim=16, **{field: value})
     with pytest.raises(ValueError, match=f"algo.{field}"):
         make_agent(config, {"robot0_eef_pos": {"shape": [3], "dtype": "float32"}}, 4, EncoderConfig())
+
+
+@pytest.mark.parametrize("source", ["all", "offline"])
+def test_bc_term_imitates_the_rows_it_is_told_to(source):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(7)
+    obs = {"robot0_eef_pos": rng.normal(size=(8, 3)).astype(np.float32)}
+    online = (np.arange(8) >= 4).astype(np.float32)  # the last four rows came from the online buffer
+    batch = Batch(obs=obs, next_obs=obs, actions=rng.uniform(-1, 1, (8, 4)).astype(np.float32),
+                  rewards=-np.ones(8, np.float32), terminals=np.zeros(8, np.float32), timeouts=np.zeros(8, np.float32),
+                  mc_returns=np.full(8, -50.0, np.float32), discounts=np.full(8, 0.99, np.float32), online=online)
+    config = CalQLConfig(actor_bc_weight=0.4, actor_bc_source=source, cql_num_actions=2, backup_num_actions=2, hidden_dim=16)
+    agent = _agent(config, batch)
+    with torch.no_grad():  # the actor's mean before the update (low-dimensional inputs: no augmentation)
+        mean = agent.actor(agent.encoder({k: torch.from_numpy(v) for k, v in obs.items()}))[0]
+    per_row = ((torch.tanh(mean) - torch.from_numpy(batch.actions)) ** 2).sum(-1)
+    expected = per_row[:4].mean() if source == "offline" else per_row.mean()
+    assert agent.update(batch)["bc_mse"] == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="algo.actor_bc_source must be one of all, offline"):
+        _agent(CalQLConfig(actor_bc_source="online"), batch)
