@@ -5,7 +5,6 @@ full disk)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
