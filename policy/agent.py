@@ -124,6 +124,13 @@ class Agent(nn.Module):
             if isinstance(module, ObservationEncoder):
                 module.set_lowdim_normalization(stats)
 
+    def freeze_encoders(self) -> None:
+        """Stop training the observation encoder(s): no gradient reaches them (nor is computed
+        through them), so their optimisers skip them and their features stay as they are."""
+        for module in (self.encoder, self.actor_encoder):
+            if module is not None:
+                module.requires_grad_(False)
+
     # --------------------------------------------------------------------------- learning
     def update(self, batch: Batch) -> dict[str, float]:
         raise NotImplementedError

@@ -105,6 +105,8 @@ class Workspace:
             if (allowed is None and value < 0) or (allowed is not None and value not in allowed):
                 raise ValueError(f"{option} must be {'>= 0' if allowed is None else 'one of ' + ', '.join(allowed)}, got {value!r}")
             setattr(self.agent.config, option, value)
+        if cfg.freeze_encoder:
+            self.agent.freeze_encoders()
         if action_dim != self.agent.action_dim:
             raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
         probe.close()

@@ -120,6 +120,21 @@ def test_agent_contract(name, tmp_path):
     np.testing.assert_allclose(exported, agent.eval().act(batch.obs), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_frozen_encoder_stays_while_the_heads_learn(name):
+    torch.manual_seed(0)
+    batch = _image_batch()
+    agent = make_agent(_small_config(name), obs_spec_of(batch.obs), 4, SMALL_ENCODER)
+    agent.freeze_encoders()
+    encoder_before, critic_before = _parameters(agent.encoder), _parameters(agent.critic)
+    actor_before = _parameters(agent.actor)
+    for _ in range(2):
+        metrics = agent.update(batch)
+    assert not _changed(encoder_before, agent.encoder)
+    assert _changed(critic_before, agent.critic) and _changed(actor_before, agent.actor)
+    assert metrics["encoder_grad_norm"] == 0.0
+
+
 def test_config_must_match_the_name_it_carries():
     check_config(CalQLConfig())
     with pytest.raises(ValueError, match="algo.name=calql contradicts the CQLConfig settings"):
