@@ -66,7 +66,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _exported_kind(path: Path) -> str | None:
-    """'TorchScript' or 'torch.export program' when ``path`` is one of those archives."""
+    """'TorchScript', 'torch.export program' or 'ONNX model' when ``path`` is one of those."""
+    if path.suffix == ".onnx":  # a protobuf without a signature to recognise it by
+        return "ONNX model"
     if not zipfile.is_zipfile(path):
         return None
     with zipfile.ZipFile(path) as archive:

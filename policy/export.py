@@ -9,30 +9,47 @@ a message naming the input. ``metadata.json`` is stored in the file (``_extra_fi
 the module's ``obs_keys()``, ``input_shapes()`` and ``input_dtypes()`` methods answer the same
 from C++. ``format=torch_export`` also writes a ``torch.export`` program (``.pt2``) whose input
 is a dict of the same tensors keyed by observation name (so that a failed shape guard names the
-input), for batch sizes 1 to ``EXPORT_MAX_BATCH``.
+input), for batch sizes 1 to ``EXPORT_MAX_BATCH``. ``format=onnx`` also writes an ONNX model
+(``.onnx``) for runtimes without libtorch (ONNX Runtime, TensorRT): one input per observation,
+named by its key, with a free ``batch`` dimension, the output ``action``, and the same
+``metadata.json`` in the model's ``metadata_props``. The other formats' files go beside the
+TorchScript file with their own suffix (``out=policy.onnx format=onnx`` writes ``policy.onnx``
+and ``policy.pt``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
 import hydra
+import onnx
 import torch
 import torch.nn as nn
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from datasets.atomic import atomic_path
+from datasets.atomic import atomic_path, write_bytes_atomically
 from datasets.replay import is_image
 from policy.checkpoint import load_checkpoint, restore_agent
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FORMATS = ("torchscript", "torch_export")
+FORMATS = ("torchscript", "torch_export", "onnx")
+SUFFIXES = {"torchscript": ".pt", "torch_export": ".pt2", "onnx": ".onnx"}
 EXPORT_MAX_BATCH = 4096  # the .pt2 program's batch dimension is dynamic up to this size
+# The lowest opset that torch's ONNX exporter writes without a version conversion (converting
+# down to 17 leaves an invalid Split node), so that older runtimes can still read the model.
+ONNX_OPSET = 18
+ONNX_OUTPUT = "action"
+# Notes the ONNX exporter emits about its own internals, not about the exported policy: warnings,
+# and the INFO logs of its graph optimiser, which the entry points' stdout logging would print.
+EXPORTER_NOISE = (r".*isinstance\(treespec, LeafSpec\).*", r".*The axis name: batch will not be used.*")
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")
 ACTION_MEANINGS = {
     "pickplace": ["dx (x 0.04 m)", "dy (x 0.04 m)", "dz (x 0.04 m)", "gripper: -1 open, +1 closed"],
     "lift": ["OSC_POSE dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"],
@@ -145,6 +162,39 @@ def build_metadata(checkpoint: dict[str, Any], checkpoint_path: Path, obs_keys: 
     }
 
 
+def output_paths(out: Path, formats: tuple[str, ...]) -> dict[str, Path]:
+    """Where each format goes: TorchScript to ``out``, the others beside it with their own suffix.
+    When ``out`` has the suffix of another requested format, it names that file and the
+    TorchScript file takes ``.pt``, so that no format overwrites another."""
+    others = [fmt for fmt in formats if fmt != "torchscript"]
+    names_other = any(out.suffix == SUFFIXES[fmt] for fmt in others)
+    paths = {"torchscript": out.with_suffix(SUFFIXES["torchscript"]) if names_other else out}
+    paths.update({fmt: out.with_suffix(SUFFIXES[fmt]) for fmt in others})
+    return paths
+
+
+def onnx_model(core: PolicyCore, examples: list[torch.Tensor], metadata: dict[str, Any]) -> onnx.ModelProto:
+    """The core as a checked ONNX model with one input per observation key and a free batch dimension."""
+    named = dict(zip(core.obs_keys, examples))
+    batch = torch.export.Dim("batch", min=1)  # ONNX keeps the dimension symbolic: no upper bound
+    for name in EXPORTER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        for message in EXPORTER_NOISE:
+            warnings.filterwarnings("ignore", message=message)
+        program = torch.onnx.export(
+            NamedInputPolicy(core).eval(), (), kwargs={"observations": named},
+            dynamic_shapes={"observations": {key: {0: batch} for key in core.obs_keys}},
+            input_names=core.obs_keys, output_names=[ONNX_OUTPUT], opset_version=ONNX_OPSET,
+            dynamo=True, external_data=False, verbose=False,
+        )
+    model = program.model_proto
+    model.doc_string = "Deterministic policy action in [-1, 1] from raw observations (uint8 HWC images)"
+    onnx.helper.set_model_props(model, {"metadata.json": json.dumps(metadata, indent=2)})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def export_policy(checkpoint_path: str | Path, out: str | Path, formats: tuple[str, ...] = ("torchscript",)) -> dict[str, Path]:
     """Write the exported policy file(s); returns the paths written by format."""
     unknown = set(formats) - set(FORMATS)
@@ -158,29 +208,30 @@ def export_policy(checkpoint_path: str | Path, out: str | Path, formats: tuple[s
     metadata = build_metadata(checkpoint, checkpoint_path, obs_keys)
     core = PolicyCore(agent, obs_keys).eval().requires_grad_(False)
     examples = example_inputs(obs_spec, obs_keys)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
+    paths = output_paths(Path(out), ("torchscript", *formats))
     with torch.no_grad():
         traced = torch.jit.trace(core, (examples,), check_trace=False)
         scripted = torch.jit.script(CheckedPolicy(
             traced, obs_keys, [list(obs_spec[k]["shape"]) for k in obs_keys], [obs_spec[k]["dtype"] for k in obs_keys]
         ))
-        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        with atomic_path(paths["torchscript"]) as tmp, open(tmp, "wb") as f:
             torch.jit.save(scripted, f, _extra_files={"metadata.json": json.dumps(metadata, indent=2)})
-        written["torchscript"] = out
         if "torch_export" in formats:
             batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
             named = dict(zip(obs_keys, examples))
             program = torch.export.export(NamedInputPolicy(core), (named,), dynamic_shapes=({k: {0: batch} for k in obs_keys},))
-            pt2 = out.with_suffix(".pt2")
-            with atomic_path(pt2) as tmp, open(tmp, "wb") as f:
+            with atomic_path(paths["torch_export"]) as tmp, open(tmp, "wb") as f:
                 torch.export.save(program, f, extra_files={"metadata.json": json.dumps(metadata, indent=2)})
-            written["torch_export"] = pt2
-    return written
+        if "onnx" in formats:
+            write_bytes_atomically(paths["onnx"], onnx_model(core, examples, metadata).SerializeToString())
+    return paths
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``metadata.json`` of an exported TorchScript file or ONNX model."""
+    if Path(path).suffix == SUFFIXES["onnx"]:
+        props = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(props["metadata.json"])
     extra = {"metadata.json": ""}
     torch.jit.load(str(path), _extra_files=extra)
     return json.loads(extra["metadata.json"])
@@ -190,7 +241,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 class ExportConfig:
     checkpoint: str = "???"
     out: str = "policy.pt"
-    format: str = "torchscript"  # torchscript | torch_export (writes both .pt and .pt2)
+    format: str = "torchscript"  # torchscript | torch_export (writes both .pt and .pt2) | onnx (both .pt and .onnx)
 
 
 ConfigStore.instance().store(name="export_schema", node=ExportConfig)

@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 
@@ -108,16 +109,21 @@ def test_agent_contract(name, tmp_path):
     for key, value in agent.state_dict().items():
         assert torch.equal(value, clone.state_dict()[key]), key
 
-    # the exported module is the eager deterministic policy
+    # the exported module and ONNX model are the eager deterministic policy
     checkpoint = tmp_path / "checkpoint.pt"
     save_checkpoint(checkpoint, {
         "algo": name, "config": {"algo": dataclasses.asdict(config), "encoder": dataclasses.asdict(SMALL_ENCODER)},
         "obs_spec": spec, "action_dim": 4, "env": {"name": "pickplace", "kwargs": {"image_size": 24}},
         "agent": agent.training_state(), "step": agent.num_updates,
     })
-    policy = torch.jit.load(str(export_policy(checkpoint, tmp_path / "policy.pt")["torchscript"]))
+    written = export_policy(checkpoint, tmp_path / "policy.pt", ("onnx",))
+    policy = torch.jit.load(str(written["torchscript"]))
     exported = policy([torch.from_numpy(batch.obs[k]) for k in policy.obs_keys()]).numpy()
-    np.testing.assert_allclose(exported, agent.eval().act(batch.obs), atol=1e-5)
+    eager = agent.eval().act(batch.obs)
+    np.testing.assert_allclose(exported, eager, atol=1e-5)
+    session = onnxruntime.InferenceSession(str(written["onnx"]), providers=["CPUExecutionProvider"])
+    (onnx_actions,) = session.run(["action"], {k: batch.obs[k] for k in policy.obs_keys()})
+    np.testing.assert_allclose(onnx_actions, eager, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

@@ -1,3 +1,4 @@
+import json
 import re
 import shutil
 import subprocess
@@ -6,12 +7,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 
 import sim
 from policy.checkpoint import load_checkpoint, restore_agent
-from policy.export import export_policy, read_metadata
+from policy.export import export_policy, output_paths, read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +24,16 @@ def exported(trained, tmp_path_factory) -> Path:
     result = subprocess.run([sys.executable, "-m", "policy.export", f"checkpoint={trained}", f"out={out}", "format=torch_export"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported_onnx(trained, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export_onnx") / "policy.onnx"
+    result = subprocess.run([sys.executable, "-m", "policy.export", f"checkpoint={trained}", f"out={out}", "format=onnx"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote onnx: {out}" in result.stdout and f"wrote torchscript: {out.with_suffix('.pt')}" in result.stdout
     return out
 
 
@@ -53,6 +65,39 @@ def test_exported_matches_eager_on_recorded_observations(exported, trained, smal
     small = {**named, "agentview_image": named["agentview_image"][:, :32, :32]}
     with pytest.raises(Exception, match=r"observations\['agentview_image'\]"):  # a failed guard names the input
         program(small)
+
+
+def test_onnx_model_matches_eager_on_recorded_observations(exported_onnx, trained, small_dataset):
+    agent = restore_agent(load_checkpoint(trained)).eval()
+    session = onnxruntime.InferenceSession(str(exported_onnx), providers=["CPUExecutionProvider"])
+    keys = ["agentview_image", "robot0_eef_pos", "robot0_gripper_qpos"]
+    assert [i.name for i in session.get_inputs()] == keys and [o.name for o in session.get_outputs()] == ["action"]
+    assert session.get_inputs()[0].shape == ["batch", 48, 48, 3] and session.get_inputs()[0].type == "tensor(uint8)"
+    with h5py.File(small_dataset) as f:
+        obs = {k: f[f"data/demo_0/obs/{k}"][()] for k in keys}
+    eager = agent.act(obs)
+    assert len(eager) > 7
+    for batch in (slice(0, 1), slice(0, 7), slice(None)):  # the batch dimension is free
+        (actions,) = session.run(["action"], {k: obs[k][batch] for k in keys})
+        np.testing.assert_allclose(actions, eager[batch], atol=1e-5)
+    with pytest.raises(Exception, match="agentview_image"):  # a wrong shape names the input
+        session.run(None, {**{k: obs[k][:1] for k in keys}, "agentview_image": obs["agentview_image"][:1, :32, :32]})
+
+
+def test_onnx_model_carries_the_metadata(exported_onnx, trained):
+    metadata = read_metadata(exported_onnx)
+    assert metadata == read_metadata(exported_onnx.with_suffix(".pt"))
+    assert metadata["obs_keys"] == ["agentview_image", "robot0_eef_pos", "robot0_gripper_qpos"]
+    assert metadata["source_checkpoint"] == str(trained.resolve())
+    session = onnxruntime.InferenceSession(str(exported_onnx), providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["metadata.json"]) == metadata  # as a runtime reads it
+
+
+def test_each_format_gets_its_own_file():
+    assert output_paths(Path("p.pt"), ("torchscript", "onnx")) == {"torchscript": Path("p.pt"), "onnx": Path("p.onnx")}
+    assert output_paths(Path("p.onnx"), ("torchscript", "onnx")) == {"torchscript": Path("p.pt"), "onnx": Path("p.onnx")}
+    assert output_paths(Path("p.pt2"), ("torchscript", "torch_export")) == {"torchscript": Path("p.pt"), "torch_export": Path("p.pt2")}
+    assert output_paths(Path("p.bin"), ("torchscript",)) == {"torchscript": Path("p.bin")}
 
 
 def test_exported_policy_reproduces_eager_episodes_in_the_sim(exported, trained):
@@ -114,7 +159,7 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "p.pt").exists()
     with pytest.raises(ValueError, match="unknown format"):
-        export_policy(tmp_path / "corrupt.pt", tmp_path / "p.pt", ("onnx",))
+        export_policy(tmp_path / "corrupt.pt", tmp_path / "p.pt", ("tflite",))
 
 
 @pytest.mark.skipif(shutil.which("c++") is None or shutil.which("cmake") is None, reason="no C++ compiler or CMake")

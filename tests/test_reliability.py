@@ -277,8 +277,9 @@ def test_cuda_on_a_machine_without_it_is_refused_before_work(tmp_path):
 def test_exported_policy_is_not_taken_for_a_checkpoint(trained, tmp_path):
     from policy.export import export_policy
 
-    exported = export_policy(trained, tmp_path / "policy.pt", ("torchscript", "torch_export"))
-    for path, kind in ((exported["torchscript"], "TorchScript"), (exported["torch_export"], "torch.export program")):
+    exported = export_policy(trained, tmp_path / "policy.pt", ("torchscript", "torch_export", "onnx"))
+    for path, kind in ((exported["torchscript"], "TorchScript"), (exported["torch_export"], "torch.export program"),
+                       (exported["onnx"], "ONNX model")):
         with pytest.raises(ValueError, match=f"is an exported policy \\({kind}\\), not a training checkpoint"):
             load_checkpoint(path)
     load_checkpoint(trained)
