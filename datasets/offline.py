@@ -33,11 +33,18 @@ import numpy as np
 
 from datasets.replay import ObsSpec, ReplayBuffer, obs_spec_of
 from datasets.returns import RewardConfig, episode_rewards_and_returns
-from datasets.robomimic_hdf5 import demo_names
+from datasets.robomimic_hdf5 import demo_names, open_dataset
 
 log = logging.getLogger(__name__)
 TERMINAL_RULES = ("success", "dones", "none")
 ACTION_TOLERANCE = 1e-6
+REQUIRED_DEMO_KEYS = ("obs", "actions", "rewards")
+
+
+def succeeded(rewards: np.ndarray) -> bool:
+    """Whether an episode reached the goal: some reward is positive. Its ``dones`` cannot
+    tell, since robomimic's ``done_mode`` 1 and 2 set the last step's done of every demo."""
+    return bool(np.any(rewards > 0))
 
 
 @dataclass
@@ -104,20 +111,14 @@ def iter_episodes(
     if terminals not in TERMINAL_RULES:
         raise ValueError(f"unknown terminals rule {terminals!r}; available: {', '.join(TERMINAL_RULES)}")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset file not found: {path}")
     stats = stats if stats is not None else LoaderStats()
-    try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"{path}: not a readable HDF5 file ({error})") from None
-    with f:
+    with open_dataset(path) as f:
         spec = None
         for name in demo_names(f, filter_key):
             where = f"{path}: data/{name}"
             try:
                 demo = f[f"data/{name}"]
-                for required in ("obs", "actions", "rewards"):
+                for required in REQUIRED_DEMO_KEYS:
                     if required not in demo:
                         raise ValueError(f"{where}: missing '{required}'")
                 obs = _read_obs(demo["obs"], obs_keys, f"{where}/obs")
@@ -171,7 +172,7 @@ def iter_episodes(
                 )
                 stats.episodes += 1
                 stats.transitions += len(episode)
-                stats.successes += int(np.any(episode.rewards > 0))
+                stats.successes += int(succeeded(episode.rewards))
                 stats.episode_lengths.append(len(episode))
                 yield episode
 

@@ -122,11 +122,25 @@ def write_dataset(
 DEMO_NAME = re.compile(r"demo_(\d+)")
 
 
+def open_dataset(path: str | os.PathLike) -> h5py.File:
+    """``path`` opened for reading; a missing file and one that is not HDF5 are one-line
+    errors naming the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path} (check the path; python -m sim.collect writes "
+                                f"the default dataset data/pickplace.hdf5)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable HDF5 file ({error}); pass a robomimic-format .hdf5 dataset") from None
+
+
 def demo_names(f: h5py.File, filter_key: str | None = None) -> list[str]:
     """Demo group names in numeric order, optionally restricted to ``mask/<filter_key>``; a
     file that is not laid out as robomimic's is a ``ValueError`` naming what is wrong."""
     if "data" not in f or not isinstance(f["data"], h5py.Group):
-        raise ValueError(f"{f.filename}: no 'data' group; not a robomimic-format file")
+        raise ValueError(f"{f.filename}: no 'data' group; not a robomimic-format file (pass a dataset holding "
+                         f"data/demo_<n> groups, as robomimic and python -m sim.collect write them)")
     present = list(f["data"].keys())
     if not present:
         raise ValueError(f"{f.filename}: the 'data' group holds no demos")
