@@ -60,8 +60,12 @@ def env_from_args(env_args: dict[str, Any], source: str) -> tuple[str, dict[str,
     name, env_kwargs = env_args.get("env_name"), dict(env_args.get("env_kwargs") or {})
     if name in TASKS:
         return name, env_kwargs
-    from sim.robosuite_tasks import task_from_robosuite_args
+    from sim.robosuite_tasks import TASKS_BY_ROBOSUITE_NAME, task_from_robosuite_args
 
+    if name not in TASKS_BY_ROBOSUITE_NAME:
+        robosuite = ", ".join(f"{robosuite_name} (env={task})" for robosuite_name, task in TASKS_BY_ROBOSUITE_NAME.items())
+        raise ValueError(f"{source} was made in env {name!r}, which no env here serves (envs: {', '.join(TASKS)}; "
+                         f"robosuite's: {robosuite})")
     return task_from_robosuite_args(name, env_kwargs, source)
 
 

@@ -164,16 +164,14 @@ def _per_camera(value: Any, cameras: int) -> list[int]:
 
 
 def task_from_robosuite_args(name: str, env_kwargs: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
-    """The task and keyword arguments here that reproduce robosuite env ``name`` made with
-    ``env_kwargs`` (a file's ``env_args``, as robomimic writes them): its cameras and their
-    size, its arm controller, horizon and control frequency. Settings the env here fixes
-    (offscreen rendering, object observations, sparse rewards) are not carried over. Cameras
-    that are not square, or not all of one size, are left to the observation check, which
-    names ``dataset.image_size``. ``source`` names the file in errors."""
-    task = TASKS_BY_ROBOSUITE_NAME.get(name)
-    if task is None:
-        served = ", ".join(f"{robosuite_name} (env={served_task})" for robosuite_name, served_task in TASKS_BY_ROBOSUITE_NAME.items())
-        raise ValueError(f"{source} was made in robosuite's {name!r}, which no env here serves (robosuite tasks: {served})")
+    """The task and keyword arguments here that reproduce robosuite env ``name`` (one of
+    :data:`TASKS_BY_ROBOSUITE_NAME`) made with ``env_kwargs`` (a file's ``env_args``, as
+    robomimic writes them): its cameras and their size, its arm controller, horizon and
+    control frequency. Settings the env here fixes (offscreen rendering, object observations,
+    sparse rewards) are not carried over. Cameras that are not square, or not all of one size,
+    are left to the observation check, which names ``dataset.image_size``. ``source`` names
+    the file in errors."""
+    task = TASKS_BY_ROBOSUITE_NAME[name]
     robots = env_kwargs.get("robots", ["Panda"])
     robots = [robots] if isinstance(robots, str) else list(robots)
     if robots != ["Panda"]:

@@ -166,8 +166,8 @@ def test_the_files_controller_runs_in_robosuite():
 @pytest.mark.parametrize(
     "env_args, message",
     [
-        (robomimic_env_args("NutAssemblySquare"), "f.hdf5 was made in robosuite's 'NutAssemblySquare', which no env here serves "
-                                                  "(robosuite tasks: Lift (env=lift), PickPlaceCan (env=can))"),
+        (robomimic_env_args("NutAssemblySquare"), "f.hdf5 was made in env 'NutAssemblySquare', which no env here serves "
+                                                  "(envs: pickplace, lift, can; robosuite's: Lift (env=lift), PickPlaceCan (env=can))"),
         (robomimic_env_args(robots=["Sawyer"]), "f.hdf5 was made with robot(s) ['Sawyer']; env 'lift' runs robosuite's Lift "
                                                 "with one Panda only"),
     ],
