@@ -7,7 +7,9 @@ Any robomimic-format file works, not only the ones ``sim.collect`` writes:
 - a file without ``next_obs`` gets it by shifting ``obs`` (the last step repeats its obs and
   is a timeout or terminal, so its next observation never enters a target);
 - a demo is split into episodes wherever ``next_obs[t] != obs[t + 1]``;
-- actions must lie in [-1, 1].
+- actions must lie in [-1, 1];
+- ``image_size=N`` resizes every camera's frames to NxN (``perception.resize``), so that a file
+  recorded at another size (robomimic's are 84x84) trains a policy at N.
 
 ``dones`` become terminals by the ``terminals`` rule; the first terminal ends its episode
 (later steps are dropped: the task is over, and robomimic's ``done_mode 2`` marks every
@@ -34,6 +36,7 @@ import numpy as np
 from datasets.replay import ObsSpec, ReplayBuffer, obs_spec_of
 from datasets.returns import RewardConfig, episode_rewards_and_returns
 from datasets.robomimic_hdf5 import demo_names, open_dataset
+from perception.resize import resize_frames
 
 log = logging.getLogger(__name__)
 TERMINAL_RULES = ("success", "dones", "none")
@@ -80,8 +83,10 @@ def _read_obs(group: h5py.Group, keys: list[str], where: str) -> dict[str, np.nd
     return {k: group[k][()] for k in keys}
 
 
-def _check_observations(where: str, obs: dict[str, np.ndarray], steps: int, spec: ObsSpec | None) -> None:
-    """Lengths, finite values, and images as uint8 HxWx3 with the same shape in every demo."""
+def _check_observations(where: str, obs: dict[str, np.ndarray], steps: int, spec: ObsSpec | None,
+                        image_size: int | None) -> None:
+    """Lengths, finite values, and images as uint8 HxWx3 with the same shape in every demo
+    (any size when they are resized to ``image_size``)."""
     for key, value in obs.items():
         if len(value) != steps:
             raise ValueError(f"{where}/{key} has {len(value)} steps, actions have {steps}")
@@ -90,7 +95,8 @@ def _check_observations(where: str, obs: dict[str, np.ndarray], steps: int, spec
                              f"uint8 HxWx3 (floats in [0, 1] convert with (x * 255).round().astype(np.uint8))")
         if value.dtype != np.uint8 and not np.all(np.isfinite(value)):
             raise ValueError(f"{where}/{key} contains non-finite values (NaN or inf)")
-        if spec is not None and list(value.shape[1:]) != spec[key]["shape"]:
+        resized = image_size is not None and value.ndim == 4
+        if spec is not None and not resized and list(value.shape[1:]) != spec[key]["shape"]:
             raise ValueError(f"{where}/{key} has shape {list(value.shape[1:])}, the first demo's is {spec[key]['shape']}")
 
 
@@ -103,9 +109,15 @@ def _check_demo(where: str, actions: np.ndarray, rewards: np.ndarray) -> None:
         raise ValueError(f"{where}/actions exceed [-1, 1] (max |a| = {np.abs(actions).max():.3f})")
 
 
+def _resized(obs: dict[str, np.ndarray], image_size: int | None) -> dict[str, np.ndarray]:
+    if image_size is None:
+        return obs
+    return {key: resize_frames(value, image_size) if value.ndim == 4 else value for key, value in obs.items()}
+
+
 def iter_episodes(
     path: str | Path, obs_keys: list[str], filter_key: str | None = "train", terminals: str = "success",
-    stats: LoaderStats | None = None,
+    stats: LoaderStats | None = None, image_size: int | None = None,
 ) -> Iterator[OfflineEpisode]:
     """Episodes of a robomimic-format file, following the rules in the module docstring."""
     if terminals not in TERMINAL_RULES:
@@ -132,19 +144,23 @@ def iter_episodes(
                 next_obs = _read_obs(demo["next_obs"], obs_keys, f"{where}/next_obs") if "next_obs" in demo else None
             except (OSError, KeyError, RuntimeError) as error:  # h5py's errors for damaged objects
                 raise ValueError(f"{where}: cannot be read ({error})") from None
-            _check_observations(f"{where}/obs", obs, steps, spec)
-            spec = spec or obs_spec_of(obs)
+            _check_observations(f"{where}/obs", obs, steps, spec, image_size)
             _check_demo(where, actions, rewards)
             if next_obs is not None:
-                _check_observations(f"{where}/next_obs", next_obs, steps, spec)
-                # episode boundaries: where the next observation is not the following one
+                _check_observations(f"{where}/next_obs", next_obs, steps, spec, image_size)
+                # episode boundaries: where the next observation is not the following one (as
+                # stored: a resize could make distinct frames equal)
                 breaks = np.zeros(max(steps - 1, 0), bool)
                 for key in obs_keys:
                     breaks |= (next_obs[key][:-1] != obs[key][1:]).reshape(steps - 1, -1).any(axis=1)
                 ends = np.flatnonzero(breaks) + 1
+                next_obs = _resized(next_obs, image_size)
             else:
-                next_obs = {k: np.concatenate([v[1:], v[-1:]]) for k, v in obs.items()}
                 ends = np.array([], dtype=int)
+            obs = _resized(obs, image_size)
+            if next_obs is None:
+                next_obs = {k: np.concatenate([v[1:], v[-1:]]) for k, v in obs.items()}
+            spec = spec or obs_spec_of(obs)
             stats.demos += 1
             stats.split_episodes += len(ends)
             for start, stop in zip(np.concatenate([[0], ends]), np.concatenate([ends, [steps]])):
@@ -177,30 +193,35 @@ def iter_episodes(
                 yield episode
 
 
-def file_obs_spec(path: str | Path, obs_keys: list[str]) -> ObsSpec:
-    """Shapes and dtypes of ``obs_keys`` in the first demo of a file."""
+def file_obs_spec(path: str | Path, obs_keys: list[str], image_size: int | None = None) -> ObsSpec:
+    """Shapes and dtypes of ``obs_keys`` in the first demo of a file, images resized to
+    ``image_size`` when given."""
     with h5py.File(path, "r") as f:
         first = demo_names(f)[0]
         group = f[f"data/{first}/obs"]
         missing = [k for k in obs_keys if k not in group]
         if missing:
             raise ValueError(f"{path}: observation key(s) {missing} not found; the file has: {sorted(group.keys())}")
-        return {
-            k: {"shape": list(group[k].shape[1:]), "dtype": "uint8" if group[k].dtype == np.uint8 else "float32"}
-            for k in obs_keys
-        }
+        spec = {}
+        for key in obs_keys:
+            shape = list(group[key].shape[1:])
+            if image_size is not None and len(shape) == 3:
+                shape = [image_size, image_size, shape[2]]
+            spec[key] = {"shape": shape, "dtype": "uint8" if group[key].dtype == np.uint8 else "float32"}
+        return spec
 
 
 def load_replay(
     path: str | Path, obs_keys: list[str], gamma: float, reward: RewardConfig,
-    filter_key: str | None = "train", terminals: str = "success",
+    filter_key: str | None = "train", terminals: str = "success", image_size: int | None = None,
 ) -> tuple[ReplayBuffer, LoaderStats]:
-    """All selected episodes of a file in a replay buffer, with MC returns."""
+    """All selected episodes of a file in a replay buffer, with MC returns; camera frames
+    resized to ``image_size`` when given."""
     stats = LoaderStats()
-    episodes = list(iter_episodes(path, obs_keys, filter_key, terminals, stats))
+    episodes = list(iter_episodes(path, obs_keys, filter_key, terminals, stats, image_size))
     if not episodes:
         raise ValueError(f"{path}: no episodes selected (filter key {filter_key!r})")
-    obs_spec = file_obs_spec(path, obs_keys)
+    obs_spec = file_obs_spec(path, obs_keys, image_size)
     transitions = sum(len(e) for e in episodes)
     buffer = ReplayBuffer(obs_spec, episodes[0].actions.shape[1], transitions, transitions + len(episodes))
     for episode in episodes:

@@ -1,7 +1,8 @@
 """Writing and reading demonstration files in robomimic's HDF5 layout.
 
 Layout: group ``data`` with attrs ``total`` (number of transitions) and ``env_args`` (JSON:
-``env_name`` and ``env_kwargs``, enough to rebuild the env with ``sim.make_env``); one group
+``env_name`` and ``env_kwargs``, enough to rebuild the env with ``sim.make_env``; robomimic's
+files name a robosuite env, which ``sim.env_from_args`` maps to the matching one); one group
 ``data/demo_<i>`` per episode holding ``obs/<key>``, ``next_obs/<key>``, ``actions``,
 ``rewards``, ``dones`` and ``states``, with attr ``num_samples``; and ``mask/<filter>``
 arrays of demo names (``train`` and ``valid``). Images are uint8 HWC, chunked per episode

@@ -1,1 +1,1 @@
-"""Image encoders and augmentation."""
+"""Image encoders, augmentation, and resizing of camera frames."""

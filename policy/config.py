@@ -27,12 +27,21 @@ class DatasetConfig:
     eval_filter_key: Optional[str] = "valid"  # states for the calibration summary
     terminals: str = "success"  # how `dones` become terminals: success | dones | none
     reward: RewardConfig = field(default_factory=RewardConfig)
+    # Resize every camera's frames to NxN on load (OpenCV area interpolation); pretraining's
+    # evaluation env then renders at N. null: the file's size.
+    image_size: Optional[int] = None
 
 
 @dataclass
 class EnvConfig:
     name: Optional[str] = "pickplace"
-    kwargs: dict[str, Any] = field(default_factory=dict)  # merged over the dataset's env_args
+    # Merged over the env the dataset was made in (its env_args). The settings every env takes
+    # are declared so that `env.kwargs.image_size=48` needs no `+`; null means not set.
+    kwargs: dict[str, Any] = field(default_factory=lambda: {"image_size": None, "horizon": None})
+
+    def overrides(self) -> dict[str, Any]:
+        """The kwargs that are set."""
+        return {key: value for key, value in self.kwargs.items() if value is not None}
 
 
 @dataclass

@@ -19,13 +19,15 @@ log = logging.getLogger(__name__)
 
 
 def calibration_batch(path: str | Path, obs_keys: list[str], gamma: float, reward: RewardConfig, terminals: str,
-                      filter_key: str | None, count: int, seed: int, fallback: ReplayBuffer) -> Batch:
+                      filter_key: str | None, count: int, seed: int, fallback: ReplayBuffer,
+                      image_size: int | None = None) -> Batch:
     """``count`` fixed dataset states with their MC returns, from the held-out split
-    ``filter_key`` when the file has one, else from ``fallback`` (the training replay)."""
+    ``filter_key`` when the file has one (frames resized to ``image_size`` like the training
+    replay's), else from ``fallback`` (the training replay)."""
     source = fallback
     if filter_key:
         try:
-            source, _ = load_replay(path, obs_keys, gamma, reward, filter_key, terminals)
+            source, _ = load_replay(path, obs_keys, gamma, reward, filter_key, terminals, image_size)
         except ValueError as error:
             log.info("calibration states from the training split (%s)", error)
     index = np.random.default_rng(seed).integers(0, len(source), size=min(count, len(source)))

@@ -146,7 +146,7 @@ def example_inputs(obs_spec: dict, obs_keys: list[str], batch: int = 2) -> list[
 def build_metadata(checkpoint: dict[str, Any], checkpoint_path: Path, obs_keys: list[str]) -> dict[str, Any]:
     env = checkpoint["env"]
     spec = checkpoint["obs_spec"]
-    control_hz = CONTROL_HZ.get(env["name"], float(env["kwargs"].get("control_hz", 10.0)))
+    control_hz = float(env["kwargs"].get("control_hz", CONTROL_HZ.get(env["name"], 10.0)))
     return {
         "obs_keys": obs_keys,
         "inputs": [{"key": k, "shape": ["B", *spec[k]["shape"]], "dtype": spec[k]["dtype"]} for k in obs_keys],

@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 import sim  # noqa: E402
 from datasets.offline import load_replay  # noqa: E402
-from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, sample_offline_online  # noqa: E402
+from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, is_image, sample_offline_online  # noqa: E402
 from datasets.returns import RewardConfig, episode_rewards_and_returns  # noqa: E402
 from perception.encoders import EncoderConfig  # noqa: E402
 from policy.agent import Agent  # noqa: E402
@@ -76,7 +76,7 @@ class Workspace:
                                  f"{source['env']['name']!r}: fine-tuning runs in the checkpoint's env; change "
                                  f"its settings with env.kwargs.NAME=VALUE")
             self.env_name = source["env"]["name"]
-            self.env_kwargs = {**source["env"]["kwargs"], **cfg.env.kwargs}
+            self.env_kwargs = {**source["env"]["kwargs"], **cfg.env.overrides()}
             self.obs_spec, self.algo = source["obs_spec"], source["algo"]
             offline_path = cfg.dataset.path or source.get("dataset")
             self.pretrain_config = source["config"]
@@ -84,7 +84,7 @@ class Workspace:
             cfg.algo = cfg.algo if cfg.algo is not None else SACConfig()
             cfg.encoder = cfg.encoder if cfg.encoder is not None else EncoderConfig()
             check_config(cfg.algo)
-            self.env_name, self.env_kwargs = cfg.env.name or "pickplace", dict(cfg.env.kwargs)
+            self.env_name, self.env_kwargs = cfg.env.name or "pickplace", cfg.env.overrides()
             self.algo, offline_path, self.pretrain_config = cfg.algo.name, None, None
         probe = sim.make_env(self.env_name, **self.env_kwargs)
         action_dim = probe.action_space.shape[0]
@@ -122,13 +122,20 @@ class Workspace:
                 log.warning("rewards transformed as in the checkpoint (%s), not as in dataset.reward (%s)", reward, cfg.dataset.reward)
         self.reward = reward
 
+        # Offline frames at the policy's input size, whatever size the file holds.
+        image_size = next((spec["shape"][0] for spec in self.obs_spec.values() if is_image(spec)), None)
+        if cfg.dataset.image_size is not None and cfg.dataset.image_size != image_size:
+            raise ValueError(f"dataset.image_size={cfg.dataset.image_size}, but the policy's input size is "
+                             f"{image_size or 'none (no images)'}: fine-tuning resizes offline frames to the "
+                             f"policy's input size, set by env.kwargs.image_size; drop dataset.image_size")
         self.offline: ReplayBuffer | None = None
         self.calibration: Batch | None = None  # held-out offline states, as in pretraining
         if cfg.offline_data and cfg.mixing_ratio > 0:
             if offline_path is None:
                 offline_path = str(dataset_path(cfg.dataset))
             self.offline_path = str(offline_path)
-            self.offline, _ = load_replay(offline_path, sorted(self.obs_spec), gamma, reward, cfg.dataset.filter_key, cfg.dataset.terminals)
+            self.offline, _ = load_replay(offline_path, sorted(self.obs_spec), gamma, reward, cfg.dataset.filter_key,
+                                          cfg.dataset.terminals, image_size)
             if self.offline.obs_spec != self.obs_spec:
                 raise ValueError(f"offline data {offline_path} has observations {self.offline.obs_spec}, "
                                  f"the agent expects {self.obs_spec}")
@@ -136,7 +143,7 @@ class Workspace:
                 self.agent.set_lowdim_normalization(self.offline.lowdim_stats())
             self.calibration = calibration_batch(
                 offline_path, sorted(self.obs_spec), gamma, reward, cfg.dataset.terminals, cfg.dataset.eval_filter_key,
-                cfg.calibration_states, cfg.seed + 1, self.offline)
+                cfg.calibration_states, cfg.seed + 1, self.offline, image_size)
         capacity = cfg.env_steps + cfg.num_envs * 1000  # a kill may redo up to one episode per env
         self.online = ReplayBuffer(self.obs_spec, action_dim, capacity, 2 * capacity)
         log.info("online buffer: capacity %d transitions, %.1f MB", capacity, self.online.nbytes / 2**20)

@@ -25,15 +25,16 @@ from omegaconf import OmegaConf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import sim  # noqa: E402
-from datasets.offline import load_replay  # noqa: E402
+from datasets.offline import file_obs_spec, load_replay  # noqa: E402
 from datasets.replay import ObsSpec, is_image  # noqa: E402
 from datasets.robomimic_hdf5 import read_env_args  # noqa: E402
 from policy.algorithms import check_config, make_agent  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
-from policy.config import DatasetConfig, PretrainConfig  # noqa: E402
+from policy.config import DatasetConfig, EnvConfig, PretrainConfig  # noqa: E402
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
 from policy.logger import MetricLogger  # noqa: E402
 from policy.run import check_command_line, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
+from sim.robosuite_tasks import ROBOSUITE_NAMES  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
@@ -59,16 +60,43 @@ def dataset_path(dataset: DatasetConfig) -> Path:
     return path
 
 
+def env_for_dataset(path: Path, dataset: DatasetConfig, env: EnvConfig) -> dict[str, Any]:
+    """The kwargs of the evaluation env ``env.name`` for the file at ``path``: the settings of
+    the env the file was made in (its ``env_args``, robomimic's translated), the size its
+    frames are resized to, then ``env.kwargs``. A file made in another env is refused."""
+    env_args = read_env_args(path)
+    made_in, kwargs = sim.env_from_args(env_args, str(path))
+    if made_in != env.name:
+        described = f"env {made_in!r}" if env_args.get("env_name") == made_in else f"robosuite's {env_args.get('env_name')!r}"
+        raise ValueError(f"{path} was made in {described}, the evaluation env is {env.name!r}: add env={made_in}")
+    if dataset.image_size is not None:
+        if dataset.image_size < 1:
+            raise ValueError(f"dataset.image_size must be positive, got {dataset.image_size}")
+        kwargs["image_size"] = dataset.image_size  # the env renders at the size the frames are resized to
+    return {**kwargs, **env.overrides()}
+
+
 def check_obs_spec(obs_spec: ObsSpec, observation_space, env_name: str, source: str = "dataset") -> None:
     """Every key of ``obs_spec`` (from the dataset or a checkpoint) must exist in the env with
-    the same shape."""
+    the same shape; a mismatch names the override that fixes it."""
     for key, spec in obs_spec.items():
         if key not in observation_space.spaces:
-            raise ValueError(f"observation key {key!r} is not produced by env {env_name!r} (it has {sorted(observation_space.spaces)})")
+            fix = ""
+            if is_image(spec) and env_name in ROBOSUITE_NAMES:
+                cameras = [name.removesuffix("_image") for name, other in obs_spec.items() if is_image(other)]
+                fix = f"; render its camera with env.kwargs.cameras=[{','.join(cameras)}]"
+            raise ValueError(f"observation key {key!r} is not produced by env {env_name!r} (it has "
+                             f"{sorted(observation_space.spaces)}){fix}")
         env_shape = list(observation_space[key].shape)
         if env_shape != list(spec["shape"]):
-            kind = "image size" if is_image(spec) else "shape"
-            raise ValueError(f"{kind} mismatch for {key!r}: {source} {spec['shape']}, env {env_name!r} {env_shape}")
+            if not is_image(spec):
+                raise ValueError(f"shape mismatch for {key!r}: {source} {spec['shape']}, env {env_name!r} {env_shape}")
+            height, width = spec["shape"][:2]
+            fixes = [f"env.kwargs.image_size={height} (the env renders at the {source}'s size)"] if height == width else []
+            if source == "dataset":
+                fixes.append(f"dataset.image_size={env_shape[0]} (the frames are resized on load)")
+            raise ValueError(f"image size mismatch for {key!r}: {source} {spec['shape']}, env {env_name!r} {env_shape}; "
+                             f"set {' or '.join(fixes)}")
 
 
 class Workspace:
@@ -91,23 +119,23 @@ class Workspace:
 
         path = dataset_path(cfg.dataset)
         self.dataset_path = path
-        env_args = read_env_args(path)
-        self.replay, stats = load_replay(path, list(cfg.dataset.obs_keys), cfg.algo.gamma, cfg.dataset.reward,
-                                         cfg.dataset.filter_key, cfg.dataset.terminals)
-        log.info("replay: %d transitions in %d episodes (%d successes), %.1f MB",
-                 len(self.replay), stats.episodes, stats.successes, self.replay.nbytes / 2**20)
-        self.calibration_batch = calibration_batch(
-            path, list(cfg.dataset.obs_keys), cfg.algo.gamma, cfg.dataset.reward, cfg.dataset.terminals,
-            cfg.dataset.eval_filter_key, cfg.calibration_states, cfg.seed + 1, self.replay)
-
-        self.env_kwargs = dict(env_args.get("env_kwargs", {})) if env_args.get("env_name") == cfg.env.name else {}
-        self.env_kwargs.update(cfg.env.kwargs)
+        # The file against the evaluation env, before the (long) load.
+        self.env_kwargs = env_for_dataset(path, cfg.dataset, cfg.env)
+        obs_keys, image_size = list(cfg.dataset.obs_keys), cfg.dataset.image_size
         probe = sim.make_env(cfg.env.name, **self.env_kwargs)  # spaces only: no rendering yet
-        check_obs_spec(self.replay.obs_spec, probe.observation_space, cfg.env.name)
+        check_obs_spec(file_obs_spec(path, obs_keys, image_size), probe.observation_space, cfg.env.name)
         action_dim = probe.action_space.shape[0]
         probe.close()
+
+        self.replay, stats = load_replay(path, obs_keys, cfg.algo.gamma, cfg.dataset.reward,
+                                         cfg.dataset.filter_key, cfg.dataset.terminals, image_size)
+        log.info("replay: %d transitions in %d episodes (%d successes), %.1f MB",
+                 len(self.replay), stats.episodes, stats.successes, self.replay.nbytes / 2**20)
         if self.replay.action_dim != action_dim:
             raise ValueError(f"action dimension mismatch: dataset {self.replay.action_dim}, env {cfg.env.name!r} {action_dim}")
+        self.calibration_batch = calibration_batch(
+            path, obs_keys, cfg.algo.gamma, cfg.dataset.reward, cfg.dataset.terminals,
+            cfg.dataset.eval_filter_key, cfg.calibration_states, cfg.seed + 1, self.replay, image_size)
 
         self.agent = make_agent(cfg.algo, self.replay.obs_spec, action_dim, cfg.encoder, self.device)
         self.agent.set_lowdim_normalization(self.replay.lowdim_stats())

@@ -1,7 +1,8 @@
 """Simulated manipulation tasks with robomimic observation keys, behind one entry point.
 
 ``make_env(name, **kwargs)`` builds a gymnasium env; ``make_vector_env`` runs N of them in
-worker processes. Offscreen rendering uses EGL unless ``MUJOCO_GL`` says otherwise; it has to
+worker processes; ``env_from_args`` reads the env a dataset file was made in from its
+``env_args``. Offscreen rendering uses EGL unless ``MUJOCO_GL`` says otherwise; it has to
 be decided before MuJoCo is first imported, which is why this package sets it on import.
 """
 
@@ -49,6 +50,23 @@ def make_env(name: str, **kwargs: Any) -> gym.Env:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(sorted(TASKS))}")
     return TASKS[name](**kwargs)
+
+
+def env_from_args(env_args: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
+    """The task and keyword arguments of the env a dataset file was made in, from its
+    ``env_args``: this project's files name a task here and its kwargs; robomimic's name a
+    robosuite env and its ``robosuite.make`` arguments, which are translated. An env that no
+    task here serves is a ``ValueError`` naming ``source`` (the file)."""
+    name, env_kwargs = env_args.get("env_name"), dict(env_args.get("env_kwargs") or {})
+    if name in TASKS:
+        return name, env_kwargs
+    from sim.robosuite_tasks import TASKS_BY_ROBOSUITE_NAME, task_from_robosuite_args
+
+    if name not in TASKS_BY_ROBOSUITE_NAME:
+        robosuite = ", ".join(f"{robosuite_name} (env={task})" for robosuite_name, task in TASKS_BY_ROBOSUITE_NAME.items())
+        raise ValueError(f"{source} was made in env {name!r}, which no env here serves (envs: {', '.join(TASKS)}; "
+                         f"robosuite's: {robosuite})")
+    return task_from_robosuite_args(name, env_kwargs, source)
 
 
 def make_vector_env(

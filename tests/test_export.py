@@ -129,6 +129,14 @@ def test_control_loop_example_runs_with_torch_jit_only(exported):
     assert re.search(r"episode 0: (success|failure) after \d+ steps", result.stdout)
 
 
+def test_control_loop_resizes_camera_frames_of_another_size(exported):
+    # the sim's camera renders 64x64 frames; the policy takes 48x48, resized like its training data
+    result = subprocess.run([sys.executable, "examples/control_loop.py", str(exported), "--episodes", "1", "--no-realtime",
+                             "--camera-size", "64"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"episode 0: (success|failure) after \d+ steps", result.stdout)
+
+
 @pytest.mark.parametrize(
     "inputs, message",
     [

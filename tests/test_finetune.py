@@ -201,9 +201,10 @@ def test_sim_faults_end_the_episode_as_truncated(failure):
 
 def test_incompatible_checkpoint_is_rejected_before_any_work(trained, tmp_path):
     run_dir = tmp_path / "run"
-    result = _finetune(f"checkpoint={trained}", "+env.kwargs.image_size=32", f"hydra.run.dir={run_dir}")
+    result = _finetune(f"checkpoint={trained}", "env.kwargs.image_size=32", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
-    assert "image size mismatch for 'agentview_image': checkpoint [48, 48, 3], env 'pickplace' [32, 32, 3]" in result.stderr
+    assert ("image size mismatch for 'agentview_image': checkpoint [48, 48, 3], env 'pickplace' [32, 32, 3]; "
+            "set env.kwargs.image_size=48 (the env renders at the checkpoint's size)\n") in result.stderr
     assert not (run_dir / "checkpoint.pt").exists()
     result = _finetune(f"checkpoint={tmp_path / 'missing.pt'}", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2 and "checkpoint not found" in result.stderr

@@ -65,7 +65,7 @@ def test_cli_cql_in_low_dimensional_mode(small_dataset, tmp_path):
     [
         (["dataset.path=/nonexistent/data.hdf5"], "error: dataset file not found: /nonexistent/data.hdf5"),
         (["dataset.obs_keys=[agentview_image,wrist_image]"], "['wrist_image'] not found; the file has: ['agentview_image', 'object', "),
-        (["+env.kwargs.image_size=32"], "error: image size mismatch for 'agentview_image': dataset [48, 48, 3], env 'pickplace' [32, 32, 3]"),
+        (["env.kwargs.image_size=32"], "error: image size mismatch for 'agentview_image': dataset [48, 48, 3], env 'pickplace' [32, 32, 3]; set env.kwargs.image_size=48"),
     ],
 )
 def test_cli_bad_input_fails_before_training(small_dataset, tmp_path, args, message):
