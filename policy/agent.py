@@ -124,6 +124,13 @@ class Agent(nn.Module):
             if isinstance(module, ObservationEncoder):
                 module.set_lowdim_normalization(stats)
 
+    def set_actor_lr(self, lr: float) -> None:
+        """Change the actor's learning rate (its optimiser keeps its moments); the config
+        records it, so a checkpoint says what the actor was trained with."""
+        for group in self.optimizers["actor"].param_groups:
+            group["lr"] = lr
+        self.config.actor_lr = lr
+
     def freeze_encoders(self) -> None:
         """Stop training the observation encoder(s): no gradient reaches them (nor is computed
         through them), so their optimisers skip them and their features stay as they are."""

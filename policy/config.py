@@ -84,6 +84,7 @@ class FinetuneConfig:
     offline_data: bool = True  # mix offline transitions into every batch
     actor_bc_weight: Optional[float] = None  # the actor's BC term online; null: the checkpoint's
     actor_bc_source: Optional[str] = None  # all | offline: the rows the BC term imitates; null: the checkpoint's
+    actor_lr: Optional[float] = None  # the actor's learning rate online; null: the checkpoint's
     # Keep the pretrained encoder(s) fixed online: the critic's and actor's heads still learn,
     # but online images cannot move the features the offline data's values were fit on.
     freeze_encoder: bool = False

@@ -105,6 +105,10 @@ class Workspace:
             if (allowed is None and value < 0) or (allowed is not None and value not in allowed):
                 raise ValueError(f"{option} must be {'>= 0' if allowed is None else 'one of ' + ', '.join(allowed)}, got {value!r}")
             setattr(self.agent.config, option, value)
+        if cfg.actor_lr is not None:
+            if not cfg.actor_lr > 0:
+                raise ValueError(f"actor_lr must be > 0, got {cfg.actor_lr}")
+            self.agent.set_actor_lr(cfg.actor_lr)
         if cfg.freeze_encoder:
             self.agent.freeze_encoders()
         if action_dim != self.agent.action_dim:
