@@ -21,7 +21,7 @@ SIZE = 12  # image side: small files, and a contact-sheet scale above 1
 def _inspect(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # runs from other folders too (the default `out`)
     return subprocess.run([sys.executable, "-m", "datasets.inspect", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300)
 
 
 def _frames(demo: int, steps: int, camera: int) -> np.ndarray:
