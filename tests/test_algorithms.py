@@ -141,6 +141,19 @@ def test_frozen_encoder_stays_while_the_heads_learn(name):
     assert metrics["encoder_grad_norm"] == 0.0
 
 
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_actor_learning_rate_can_change_and_is_recorded(name):
+    batch = _image_batch()
+    agent = make_agent(_small_config(name), obs_spec_of(batch.obs), 4, SMALL_ENCODER)
+    agent.update(batch)
+    agent.set_actor_lr(2e-5)
+    assert agent.config.actor_lr == 2e-5
+    assert all(group["lr"] == 2e-5 for group in agent.optimizers["actor"].param_groups)
+    clone = make_agent(_small_config(name), obs_spec_of(batch.obs), 4, SMALL_ENCODER)
+    clone.load_training_state(copy.deepcopy(agent.training_state()))
+    assert clone.optimizers["actor"].param_groups[0]["lr"] == 2e-5
+
+
 def test_config_must_match_the_name_it_carries():
     check_config(CalQLConfig())
     with pytest.raises(ValueError, match="algo.name=calql contradicts the CQLConfig settings"):
