@@ -88,6 +88,8 @@ class Agent(nn.Module):
         self.actor_encoder: ObservationEncoder | None = None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.num_updates = 0
+        # Scale of the exploration noise when acting online (1: the policy's own)
+        self.exploration_scale = 1.0
 
     # ----------------------------------------------------------------------------- acting
     @property
@@ -103,8 +105,10 @@ class Agent(nn.Module):
         return actions.cpu().numpy()
 
     def explore(self, features: torch.Tensor) -> torch.Tensor:
-        """Exploration actions (B, A): a sample of the stochastic policy."""
-        return self.actor.sample(features, 1)[0][:, 0]
+        """Exploration actions (B, A): a sample of the stochastic policy, its standard deviation
+        times ``exploration_scale`` (0: the mean action)."""
+        mean, log_std = self.actor(features)
+        return torch.tanh(mean + self.exploration_scale * log_std.exp() * torch.randn_like(mean))
 
     @torch.no_grad()
     def q_values(self, obs: dict[str, np.ndarray], actions: np.ndarray | None = None) -> np.ndarray:

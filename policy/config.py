@@ -85,6 +85,9 @@ class FinetuneConfig:
     actor_bc_weight: Optional[float] = None  # the actor's BC term online; null: the checkpoint's
     actor_bc_source: Optional[str] = None  # all | offline: the rows the BC term imitates; null: the checkpoint's
     actor_lr: Optional[float] = None  # the actor's learning rate online; null: the checkpoint's
+    # Exploration noise online relative to the policy's own (the SAC family's sampled standard
+    # deviation, TD3+BC's Gaussian noise): 1 explores as trained, 0 acts deterministically.
+    exploration_scale: float = 1.0
     # Keep the pretrained encoder(s) fixed online: the critic's and actor's heads still learn,
     # but online images cannot move the features the offline data's values were fit on.
     freeze_encoder: bool = False

@@ -111,6 +111,9 @@ class Workspace:
             self.agent.set_actor_lr(cfg.actor_lr)
         if cfg.freeze_encoder:
             self.agent.freeze_encoders()
+        if not cfg.exploration_scale >= 0:
+            raise ValueError(f"exploration_scale must be >= 0, got {cfg.exploration_scale}")
+        self.agent.exploration_scale = cfg.exploration_scale
         if action_dim != self.agent.action_dim:
             raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
         probe.close()

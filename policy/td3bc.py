@@ -62,7 +62,8 @@ class TD3BCAgent(Agent):
 
     def explore(self, features: torch.Tensor) -> torch.Tensor:
         actions = self.actor(features)
-        return (actions + self.config.exploration_noise * torch.randn_like(actions)).clamp(-1.0, 1.0)
+        noise = self.exploration_scale * self.config.exploration_noise * torch.randn_like(actions)
+        return (actions + noise).clamp(-1.0, 1.0)
 
     def update(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
