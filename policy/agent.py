@@ -35,6 +35,7 @@ class AlgoConfig:
     n_step: int = 1  # TD targets over n dataset steps (the replay builds them); 1 = the reference
     hidden_dim: int = 256
     tau: float = 5e-3  # soft update of the target networks
+    critic_layer_norm: bool = False  # LayerNorm in the critic's hidden layers
 
 
 class NonFiniteLossError(RuntimeError):

@@ -37,7 +37,8 @@ class AWACAgent(Agent):
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
         if config.awac_lambda <= 0:
             raise ValueError(f"algo.awac_lambda must be positive, got {config.awac_lambda}")
-        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim)
+        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim,
+                                     layer_norm=config.critic_layer_norm)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor = TanhGaussianActor(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.to(self.device)

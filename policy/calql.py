@@ -160,7 +160,8 @@ class CalQLAgent(Agent):
         self.target_entropy = config.target_entropy if config.target_entropy is not None else -float(action_dim)
         if config.separate_actor_encoder:
             self.actor_encoder = ObservationEncoder(obs_spec, encoder_config)
-        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim)
+        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim,
+                                     layer_norm=config.critic_layer_norm)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor = TanhGaussianActor(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.log_entropy_alpha = nn.Parameter(torch.tensor(math.log(config.init_entropy_alpha)))

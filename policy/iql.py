@@ -58,7 +58,8 @@ class IQLAgent(Agent):
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
         if not 0.0 < config.expectile < 1.0:
             raise ValueError(f"algo.expectile must be in (0, 1), got {config.expectile}")
-        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim)
+        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim,
+                                     layer_norm=config.critic_layer_norm)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = ValueNetwork(self.encoder.output_dim, config.hidden_dim)
         self.actor = TanhGaussianActor(self.encoder.output_dim, action_dim, config.hidden_dim)

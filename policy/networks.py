@@ -17,11 +17,15 @@ class EnsembleCritic(nn.Module):
     ``forward(features (B, F), actions (B, N, A)) -> (num_critics, B, N)``. The state part of
     the first layer is computed once per state and shared by all N actions: with ~30 sampled
     actions per state in a CQL update this removes most of the first layer's work.
+    With ``layer_norm`` each hidden layer's pre-activations are normalised (no learned scale),
+    which bounds how far Q can extrapolate to unfamiliar inputs (RLPD's critic).
     """
 
-    def __init__(self, feature_dim: int, action_dim: int, hidden_dim: int = 256, num_critics: int = 2) -> None:
+    def __init__(self, feature_dim: int, action_dim: int, hidden_dim: int = 256, num_critics: int = 2,
+                 layer_norm: bool = False) -> None:
         super().__init__()
         self.num_critics = num_critics
+        self.layer_norm = layer_norm
 
         def layer(fan_in: int, fan_out: int) -> tuple[nn.Parameter, nn.Parameter]:
             bound = 1.0 / math.sqrt(fan_in)
@@ -39,9 +43,13 @@ class EnsembleCritic(nn.Module):
         batch, num_actions, _ = actions.shape
         state_part = torch.matmul(features.unsqueeze(0), self.w1_state) + self.b1  # (C, B, H)
         action_part = torch.matmul(actions.reshape(1, batch * num_actions, -1), self.w1_action)  # (C, B*N, H)
-        hidden = F.relu(action_part.view(self.num_critics, batch, num_actions, -1) + state_part.unsqueeze(2))
-        hidden = F.relu(torch.baddbmm(self.b2, hidden.view(self.num_critics, batch * num_actions, -1), self.w2))
+        hidden = F.relu(self._normalise(action_part.view(self.num_critics, batch, num_actions, -1) + state_part.unsqueeze(2)))
+        hidden = F.relu(self._normalise(torch.baddbmm(self.b2, hidden.view(self.num_critics, batch * num_actions, -1), self.w2)))
         return torch.baddbmm(self.b3, hidden, self.w3).view(self.num_critics, batch, num_actions)
+
+
+    def _normalise(self, pre_activation: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(pre_activation, pre_activation.shape[-1:]) if self.layer_norm else pre_activation
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

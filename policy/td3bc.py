@@ -50,7 +50,8 @@ class TD3BCAgent(Agent):
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
         if config.policy_delay < 1:
             raise ValueError(f"algo.policy_delay must be >= 1, got {config.policy_delay}")
-        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim)
+        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim,
+                                     layer_norm=config.critic_layer_norm)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor = DeterministicActor(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)

@@ -1,4 +1,5 @@
 import copy
+import math
 import dataclasses
 
 import numpy as np
@@ -187,3 +188,18 @@ def test_bc_term_imitates_the_rows_it_is_told_to(source):
     assert agent.update(batch)["bc_mse"] == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="algo.actor_bc_source must be one of all, offline"):
         _agent(CalQLConfig(actor_bc_source="online"), batch)
+
+
+def test_layer_norm_critic_bounds_q_for_any_input():
+    torch.manual_seed(0)
+    critic = EnsembleCritic(feature_dim=5, action_dim=3, hidden_dim=8, num_critics=2, layer_norm=True)
+    actions = torch.rand(4, 6, 3) * 2 - 1
+    # each normalised hidden unit is at most sqrt(H - 1) in size, so |Q| <= ||w3||_1 sqrt(7) + |b3|
+    bound = critic.w3.abs().sum(dim=(1, 2)) * math.sqrt(7) + critic.b3.abs().view(2)
+    for scale in (1.0, 1e3, 1e6):
+        q = critic(torch.randn(4, 5) * scale, actions)
+        assert q.shape == (2, 4, 6) and torch.isfinite(q).all()
+        assert (q.abs().amax(dim=(1, 2)) <= bound + 1e-4).all()
+    plain = EnsembleCritic(feature_dim=5, action_dim=3, hidden_dim=8, num_critics=2)
+    plain.load_state_dict(critic.state_dict())
+    assert plain(torch.randn(4, 5) * 1e6, actions).abs().max() > bound.max()  # unnormalised: unbounded
