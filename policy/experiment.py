@@ -78,8 +78,6 @@ def override_value(value: Any) -> str:
         return value if bare else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     if isinstance(value, list):
         return "[" + ",".join(override_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{key}:{override_value(item)}" for key, item in value.items()) + "}"
     raise ValueError(f"cannot write {value!r} as a command-line value")
 
 

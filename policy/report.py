@@ -76,6 +76,17 @@ def find_runs(directory: Path) -> list[Run]:
     return runs
 
 
+def check_unique(runs: list[Run]) -> None:
+    """Two directories holding the same protocol, algorithm and seed would count as two seeds."""
+    seen: dict[tuple[str, str, int], Path] = {}
+    for run in runs:
+        key = (run.protocol, run.algo, run.seed)
+        if key in seen:
+            raise ValueError(f"two runs of protocol {key[0]!r}, {key[1]} seed {key[2]}: {seen[key]} and {run.path}; "
+                             f"report them separately")
+        seen[key] = run.path
+
+
 def swept(directory: Path) -> tuple[list[str], list[int]]:
     """The algorithms and seeds of the sweep hydra recorded in ``directory/multirun.yaml``."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -334,7 +345,8 @@ def parse(argv: list[str]) -> tuple[list[Path], Path]:
 def main(argv: list[str]) -> int:
     try:
         directories, out = parse(argv)
-        runs = [run for directory in directories for run in find_runs(directory)]
+        runs = list({run.path.resolve(): run for directory in directories for run in find_runs(directory)}.values())
+        check_unique(runs)
         if not runs:
             raise ValueError(f"no runs of policy.experiment (experiment.json) under {', '.join(map(str, directories))}")
         missing = missing_runs(runs, directories)

@@ -55,9 +55,10 @@ def test_a_run_killed_after_pretraining_continues_without_redoing_it(small_datas
     args = ["algo=calql", "seed=0", "threads=1", *_protocol(tmp_path / "configs", small_dataset), f"hydra.run.dir={run_dir}"]
     process = subprocess.Popen([sys.executable, "-m", "policy.experiment", *args], cwd=ROOT, env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     while not (run_dir / "finetune" / "checkpoint.pt").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed during fine-tuning"
     os.killpg(process.pid, signal.SIGKILL)  # the experiment and its sim workers, during fine-tuning
     process.wait()
     killed_at = load_checkpoint(run_dir / "finetune" / "checkpoint.pt")["counters"]["env_steps"]

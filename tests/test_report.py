@@ -99,6 +99,11 @@ def test_report_on_hand_made_runs(tmp_path, capsys):
         assert (out / f"lowdim_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(lowdim_{name}.png)" in summary
     assert "missing" in capsys.readouterr().out
+    # a run given twice (its sweep and itself) counts once; the same run in another directory is refused
+    assert report([str(sweep), str(sweep / "calql_s0"), f"out={out}"]) == 0
+    _run(tmp_path / "elsewhere", "calql", 0, [(2000, 0.5, -500, -700)], [(2000, 0.5, -600, -700)], (60, 60))
+    assert report([str(sweep), str(tmp_path / "elsewhere"), f"out={out}"]) == 2
+    assert "two runs of protocol 'lowdim', calql seed 0" in capsys.readouterr().err
 
 
 def test_report_refuses_what_it_cannot_read(tmp_path, capsys):
