@@ -45,7 +45,7 @@ from policy import finetune, pretrain  # noqa: E402
 from policy.algorithms import REGISTRY, check_config, lookup  # noqa: E402
 from policy.config import ExperimentConfig, FinetuneConfig, PretrainConfig  # noqa: E402
 from policy.pretrain import PROJECT_ROOT  # noqa: E402
-from policy.results import FIGURES, read_csv, run_figures  # noqa: E402
+from policy.results import DECIMALS, FIGURES, read_csv, run_figures  # noqa: E402
 from policy.run import (  # noqa: E402
     check_command_line, check_writable, exit_on_error, reject_unknown_choice, resolve_device, run_workspace,
 )
@@ -288,11 +288,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def summary_line(result: dict[str, Any]) -> str:
-    names = {"pretrained_success": "pretrained success", "final_success": "final success",
-             "unlearning_dip": "unlearning dip", "cumulative_regret": "cumulative regret",
-             "steps_to_90pct_final": "env steps to 90% of final"}
-    figures = ", ".join(f"{names[key]} {result[key]:.2f}" if key != "steps_to_90pct_final" else f"{names[key]} {result[key]:.0f}"
-                        for key in FIGURES)
+    figures = ", ".join(f"{name} {result[key]:.{DECIMALS[key]}f}" for key, name in FIGURES.items())
     return f"{figures}; wall time {result['wall_seconds']['total'] / 60:.1f} min"
 
 

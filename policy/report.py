@@ -26,18 +26,11 @@ from typing import Any
 import numpy as np
 
 from datasets.atomic import is_out_of_space, write_bytes_atomically
-from policy.results import FIGURES, read_csv
+from policy.results import DECIMALS, FIGURES, read_csv
 
 USAGE = "usage: python -m policy.report SWEEP_DIR [more dirs] [out=DIR]"
-# (key in result.json or derived, column title, decimals)
-COLUMNS = (
-    ("pretrained_success", "pretrained success", 2),
-    ("final_success", "final success", 2),
-    ("unlearning_dip", "unlearning dip", 2),
-    ("cumulative_regret", "cumulative regret", 2),
-    ("steps_to_90pct_final", "env steps to 90% of final", 0),
-    ("wall_minutes", "wall time (min)", 1),
-)
+# The table's columns: (key in summary.csv, title, decimals); wall time is both stages'.
+COLUMNS = (*((key, name, DECIMALS[key]) for key, name in FIGURES.items()), ("wall_minutes", "wall time (min)", 1))
 
 
 @dataclass

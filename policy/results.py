@@ -18,7 +18,15 @@ from pathlib import Path
 
 # Success rates are fractions of episodes: 0.9 * final may exceed an equal rate by rounding.
 TOLERANCE = 1e-9
-FIGURES = ("pretrained_success", "final_success", "unlearning_dip", "cumulative_regret", "steps_to_90pct_final")
+# Each figure's key in result.json and summary.csv, and its name in words.
+FIGURES = {
+    "pretrained_success": "pretrained success",
+    "final_success": "final success",
+    "unlearning_dip": "unlearning dip",
+    "cumulative_regret": "cumulative regret",
+    "steps_to_90pct_final": "env steps to 90% of final",
+}
+DECIMALS = {**dict.fromkeys(FIGURES, 2), "steps_to_90pct_final": 0}  # as the figures are printed
 
 
 def read_csv(path: str | Path) -> list[dict[str, float]]:
