@@ -113,3 +113,36 @@ class FinetuneConfig:
 
 
 ConfigStore.instance().store(name="finetune_schema", node=FinetuneConfig)
+
+
+@dataclass
+class ProtocolConfig:
+    """An offline-to-online protocol (``configs/protocol/<name>.yaml``): the settings of each
+    stage, written as that stage's command-line keys (``steps``, ``dataset``, ``algo.hidden_dim``;
+    a mapping is a group of keys: ``{dataset: {obs_keys: [...]}}`` is ``dataset.obs_keys=[...]``).
+    Everything a protocol does not set is the stage entry point's default."""
+
+    name: str = MISSING
+    pretrain: dict[str, Any] = field(default_factory=dict)  # python -m policy.pretrain settings
+    finetune: dict[str, Any] = field(default_factory=dict)  # python -m policy.finetune settings
+    # Settings of one algorithm only, over the stages' own: {ALGO: {pretrain: {...}, finetune: {...}}}
+    by_algo: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentConfig:
+    # A registered algorithm's config (configs/algo), run through both stages; fields set here
+    # (algo.cql_alpha=10) are given to pretraining over the protocol's settings.
+    algo: Any = MISSING
+    seed: int = 0
+    protocol: ProtocolConfig = MISSING
+    device: str = "auto"
+    # torch CPU threads of each stage. 0: torch's default (one per core) for a single run; in a
+    # sweep whose launcher runs jobs side by side on this machine, the cores shared among them.
+    threads: int = 0
+    resume: bool = False  # continue the experiment in the run directory (re-running the same command does too)
+    overwrite: bool = False  # start over in a run directory that already holds an experiment (deletes it)
+
+
+ConfigStore.instance().store(name="experiment_schema", node=ExperimentConfig)
+ConfigStore.instance().store(group="protocol", name="protocol_schema", node=ProtocolConfig)

@@ -41,13 +41,14 @@ from policy.config import FinetuneConfig  # noqa: E402
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
 from policy.logger import MetricLogger  # noqa: E402
 from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path  # noqa: E402
-from policy.run import check_command_line, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
+from policy.run import WallClock, check_command_line, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 class Workspace:
     def __init__(self, cfg: FinetuneConfig, run_dir: Path) -> None:
+        self.clock = WallClock()
         for name in ("env_steps", "num_envs", "batch_size", "eval_every", "eval_episodes", "eval_workers", "checkpoint_every", "log_every"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
@@ -163,6 +164,7 @@ class Workspace:
             self.env_steps, self.updates = int(counters["env_steps"]), int(counters["updates"])
             self.episodes, self.faults = int(counters["episodes"]), int(counters["faults"])
             self.eval_history = [list(row) for row in resumed["eval_history"]]
+            self.clock.continue_from(resumed.get("wall_seconds", 0.0))  # absent in older checkpoints
             restore_rng_state(resumed["rng"], self.rng)
             log.info("resumed from env step %d (%d updates)", self.env_steps, self.updates)
             print(f"resumed from env step {self.env_steps}", flush=True)
@@ -200,6 +202,7 @@ class Workspace:
             "step": self.updates,
             "counters": {"env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes, "faults": self.faults},
             "eval_history": self.eval_history,
+            "wall_seconds": self.clock.seconds(),
             "online_buffer": self.online.state_dict(),
             "rng": rng_state(self.rng),
         })
@@ -299,7 +302,8 @@ class Workspace:
                 if self.env_steps >= next_eval or self.env_steps >= cfg.env_steps:
                     next_eval += cfg.eval_every
                     last_eval = self.evaluate()
-                    self.logger.log("eval", self.env_steps, {**last_eval, "updates": self.updates, "sim_faults": self.faults})
+                    self.logger.log("eval", self.env_steps, {**last_eval, "updates": self.updates, "sim_faults": self.faults,
+                                                             "wall_seconds": self.clock.seconds()})
                     bar.set_postfix(success=f"{last_eval['success_rate']:.2f}", regret=f"{last_eval['cumulative_regret']:.2f}")
                     tqdm.write(f"env step {self.env_steps}: success {last_eval['success_rate']:.2f}, "
                                f"cumulative regret {last_eval['cumulative_regret']:.2f}")
@@ -311,7 +315,7 @@ class Workspace:
             envs.close()
         total = sim_time + learn_time
         log.info("time: simulation %.1f s, learning %.1f s (%.0f%% learning)", sim_time, learn_time, 100 * learn_time / max(total, 1e-9))
-        return {**last_eval, "sim_seconds": sim_time, "learn_seconds": learn_time}
+        return {**last_eval, "sim_seconds": sim_time, "learn_seconds": learn_time, "wall_seconds": self.clock.seconds()}
 
     @staticmethod
     def _empty_episode() -> dict[str, list]:

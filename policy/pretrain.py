@@ -33,7 +33,7 @@ from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, sav
 from policy.config import DatasetConfig, EnvConfig, PretrainConfig  # noqa: E402
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
 from policy.logger import MetricLogger  # noqa: E402
-from policy.run import check_command_line, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
+from policy.run import WallClock, check_command_line, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
 from sim.robosuite_tasks import ROBOSUITE_NAMES  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +101,7 @@ def check_obs_spec(obs_spec: ObsSpec, observation_space, env_name: str, source: 
 
 class Workspace:
     def __init__(self, cfg: PretrainConfig, run_dir: Path) -> None:
+        self.clock = WallClock()
         check_config(cfg.algo)
         for name in ("steps", "batch_size", "eval_every", "eval_episodes", "eval_workers", "log_every", "checkpoint_every"):
             if getattr(cfg, name) < 1:
@@ -163,6 +164,7 @@ class Workspace:
         self.step = int(checkpoint["step"])
         self.best_success = float(checkpoint["best_success"])
         self.last_eval = dict(checkpoint["last_eval"])
+        self.clock.continue_from(checkpoint.get("wall_seconds", 0.0))  # absent in older checkpoints
         restore_rng_state(checkpoint["rng"], self.rng)
         best = self.run_dir / "best.pt"
         if best.is_file() and load_checkpoint(best)["step"] > self.step:
@@ -183,6 +185,7 @@ class Workspace:
             "step": self.step,
             "best_success": self.best_success,
             "last_eval": self.last_eval,
+            "wall_seconds": self.clock.seconds(),
             "rng": rng_state(self.rng),
         }
 
@@ -214,7 +217,7 @@ class Workspace:
                 evaluate = self.step % cfg.eval_every == 0 or self.step == cfg.steps
                 if evaluate:
                     self.last_eval = self.evaluate()
-                    self.logger.log("eval", self.step, self.last_eval)
+                    self.logger.log("eval", self.step, {**self.last_eval, "wall_seconds": self.clock.seconds()})
                     tqdm.write(f"step {self.step}: success {self.last_eval['success_rate']:.2f}, "
                                f"Q(s, pi) {self.last_eval['q_policy']:.2f} vs MC {self.last_eval['mc_return']:.2f}")
                     if self.last_eval["success_rate"] > self.best_success:
@@ -224,7 +227,7 @@ class Workspace:
                 # a checkpoint after every evaluation too, so that best.pt is never ahead of it
                 if evaluate or self.step % cfg.checkpoint_every == 0:
                     save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_payload())
-        return self.last_eval
+        return {**self.last_eval, "wall_seconds": self.clock.seconds()}
 
     def close(self) -> None:
         self.evaluator.close()

@@ -8,8 +8,9 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 
@@ -19,6 +20,7 @@ from policy.algorithms import REGISTRY, registered
 
 LOG_FILES = ("train.csv", "eval.csv", "episodes.csv")
 RUN_OUTPUTS = ("checkpoint.pt", "best.pt", *LOG_FILES, "tb", "videos")
+T = TypeVar("T")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,13 +75,28 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     return None
 
 
+class WallClock:
+    """Wall time of a run over all its attempts: a resumed attempt continues from the time its
+    checkpoint recorded (a killed attempt counts up to its last checkpoint: the rest is redone)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.before = 0.0
+
+    def continue_from(self, seconds: float) -> None:
+        self.before = float(seconds)
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+
 def check_command_line(argv: list[str]) -> None:
     """What can be refused before hydra composes the config: an unknown algorithm and a run
-    directory that cannot be written (hydra would fail on it with a traceback)."""
+    (or sweep) directory that cannot be written (hydra would fail on it with a traceback)."""
     reject_unknown_algorithm(argv)
     for arg in argv:
         key, assigned, value = arg.partition("=")
-        if assigned and key.lstrip("+") == "hydra.run.dir" and "${" not in value:
+        if assigned and key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and "${" not in value:
             try:
                 check_writable(Path(value))
             except ValueError as error:
@@ -90,23 +107,47 @@ def check_command_line(argv: list[str]) -> None:
 def reject_unknown_algorithm(argv: list[str]) -> None:
     """An ``algo=NAME`` (or ``algo.name=NAME``, or a multirun list of names) on the command
     line that names no registered algorithm: one line and exit 2, before hydra composes."""
+    reject_unknown_choice(argv, ("algo", "algo.name"), REGISTRY, "algorithm", f"registered: {registered()}")
+
+
+def reject_unknown_choice(argv: list[str], keys: Iterable[str], known: Iterable[str], noun: str, listing: str) -> None:
+    """A value of one of ``keys`` (a multirun's comma list included; sweep functions such as
+    ``choice(...)`` are left to hydra) that is not in ``known``: one line naming it and
+    ``listing``, and exit 2."""
+    known = set(known)
     for arg in argv:
         key, assigned, value = arg.partition("=")
-        if not assigned or key.lstrip("+~") not in ("algo", "algo.name") or "(" in value:
+        if not assigned or key.lstrip("+~") not in keys or "(" in value:
             continue
-        unknown = [name for name in value.split(",") if name not in REGISTRY]
+        unknown = [name for name in value.split(",") if name not in known]
         if unknown:
-            print(f"error: unknown algorithm {unknown[0]!r}; registered: {registered()}", file=sys.stderr)
+            print(f"error: unknown {noun} {unknown[0]!r}; {listing}", file=sys.stderr)
             sys.exit(2)
 
 
 def run_workspace(make_workspace: Callable[[], Any], run_dir: Path) -> dict[str, float]:
-    """Build and train a Workspace; exit 1 on a non-finite loss (the last checkpoint is kept
-    as it was), exit 2 on bad input. Returns the final evaluation."""
+    """Build and train a Workspace, with the exit statuses of :func:`exit_on_error` (the
+    last checkpoint in ``run_dir`` is kept as it was). Returns the final evaluation."""
     workspace = None
-    try:
+
+    def train() -> dict[str, float]:
+        nonlocal workspace
         workspace = make_workspace()
         return workspace.train()
+
+    try:
+        return exit_on_error(train, run_dir)
+    finally:
+        if workspace is not None:
+            workspace.close()
+
+
+def exit_on_error(action: Callable[[], T], run_dir: Path) -> T:
+    """``action()``, its failures turned into one ``error:`` line and an exit status: 1 on a
+    non-finite loss (naming the last good checkpoint in ``run_dir``), 2 on bad input, 3 when a
+    write failed for lack of space."""
+    try:
+        return action()
     except NonFiniteLossError as error:
         kept = run_dir / "checkpoint.pt"
         print(f"error: training stopped: {error}; last good checkpoint: {kept if kept.exists() else 'none yet'}", file=sys.stderr)
@@ -119,6 +160,3 @@ def run_workspace(make_workspace: Callable[[], Any], run_dir: Path) -> dict[str,
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(3)
-    finally:
-        if workspace is not None:
-            workspace.close()
