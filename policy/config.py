@@ -101,6 +101,9 @@ class FinetuneConfig:
     eval_episodes: int = 10
     eval_workers: int = 2
     eval_seed: int = 100000
+    # Evaluate once before the first online step (eval.csv row at env step 0): the curve's
+    # starting point, with the same episodes as every later evaluation.
+    eval_at_start: bool = True
     calibration_states: int = 1024  # held-out offline states and recent online ones for Q vs MC
     video: bool = True  # an mp4 of one evaluation episode at each evaluation
     checkpoint_every: int = 2000  # env steps

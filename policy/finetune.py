@@ -208,7 +208,9 @@ class Workspace:
         })
 
     # ------------------------------------------------------------------------- evaluation
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, before_training: bool = False) -> dict[str, float]:
+        """The evaluation at the current env step; ``before_training`` measures the policy the
+        run starts from, which stays out of the cumulative regret (a figure of fine-tuning)."""
         self.agent.eval()
         metrics = self.evaluator.run(lambda obs: self.agent.act(obs), self.cfg.eval_episodes)
         # the calibration picture on the offline states pretraining tracked, and on the most
@@ -218,8 +220,9 @@ class Workspace:
         if len(self.online):
             recent = np.arange(max(0, len(self.online) - self.cfg.calibration_states), len(self.online))
             metrics.update(calibration_metrics(self.agent, self.online.gather(recent, self.agent.config.gamma), "online_"))
-        self.eval_history.append([float(self.env_steps), metrics["success_rate"]])
-        metrics["cumulative_regret"] = float(np.mean([1.0 - s for _, s in self.eval_history]))
+        if not before_training:
+            self.eval_history.append([float(self.env_steps), metrics["success_rate"]])
+            metrics["cumulative_regret"] = float(np.mean([1.0 - s for _, s in self.eval_history]))
         if self.cfg.video:
             self.record_video(self.run_dir / "videos" / f"eval_{self.env_steps:08d}.mp4")
         self.agent.train()
@@ -256,6 +259,11 @@ class Workspace:
         last_eval: dict[str, float] = {}
         bar = tqdm(total=cfg.env_steps, initial=self.env_steps, desc=f"finetune {self.algo}", unit="step", dynamic_ncols=True)
         try:
+            if cfg.eval_at_start and self.env_steps == 0:
+                # the starting point of the curve, measured exactly like every later point
+                start_eval = self.evaluate(before_training=True)
+                self.logger.log("eval", 0, {**start_eval, "updates": 0, "sim_faults": 0, "wall_seconds": self.clock.seconds()})
+                tqdm.write(f"env step 0 (before fine-tuning): success {start_eval['success_rate']:.2f}")
             while self.env_steps < cfg.env_steps:
                 actions = self.agent.act({k: obs[k] for k in keys}, deterministic=False)
                 start = time.perf_counter()

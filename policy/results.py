@@ -1,7 +1,8 @@
 """The figures of one offline-to-online run, from its evaluations: what ``result.json`` holds
 and what the report averages over seeds.
 
-- ``pretrained_success``: the last pretraining evaluation (the policy fine-tuning starts from).
+- ``pretrained_success``: the policy fine-tuning starts from: fine-tuning's own evaluation before
+  its first online step (env step 0) when it has one, else the last pretraining evaluation.
 - ``final_success``: the last fine-tuning evaluation.
 - ``unlearning_dip``: the lowest success in the first quarter of fine-tuning (evaluations at
   env steps up to a quarter of the budget; the first evaluation when none is that early)
@@ -44,8 +45,11 @@ def run_figures(pretrain_evals: list[dict[str, float]], finetune_evals: list[dic
     ``success_rate``; fine-tuning's steps are env steps) and the fine-tuning budget."""
     if not pretrain_evals or not finetune_evals:
         raise ValueError("a run's figures need at least one evaluation of each stage")
-    pretrained = pretrain_evals[-1]["success_rate"]
-    online = [(row["step"], row["success_rate"]) for row in finetune_evals]
+    start = [row["success_rate"] for row in finetune_evals if row["step"] == 0]
+    pretrained = start[-1] if start else pretrain_evals[-1]["success_rate"]
+    online = [(row["step"], row["success_rate"]) for row in finetune_evals if row["step"] > 0]
+    if not online:
+        raise ValueError("a run's figures need at least one fine-tuning evaluation after an online step")
     final = online[-1][1]
     first_quarter = [success for step, success in online if step <= env_steps / 4] or [online[0][1]]
     reached = next(step for step, success in [(0.0, pretrained), *online] if success >= 0.9 * final - TOLERANCE)

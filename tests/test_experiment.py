@@ -75,10 +75,12 @@ def test_a_run_killed_after_pretraining_continues_without_redoing_it(small_datas
     result = json.loads((run_dir / "result.json").read_text())
     offline = [float(row["success_rate"]) for row in _rows(run_dir / "pretrain" / "eval.csv")]
     online = _rows(run_dir / "finetune" / "eval.csv")
-    assert [int(row["step"]) for row in online] == [100, 200, 300, 400]  # each evaluation once
+    assert [int(row["step"]) for row in online] == [0, 100, 200, 300, 400]  # each evaluation once
+    start, online = float(online[0]["success_rate"]), online[1:]  # the pretrained policy, before any online step
+    assert 0.0 <= start <= 1.0 and len(offline) == 2
     rates = [float(row["success_rate"]) for row in online]
-    assert result["pretrained_success"] == offline[-1] and result["final_success"] == rates[-1]
-    assert result["unlearning_dip"] == pytest.approx(rates[0] - offline[-1])  # only env step 100 is in the first quarter
+    assert result["pretrained_success"] == start and result["final_success"] == rates[-1]
+    assert result["unlearning_dip"] == pytest.approx(rates[0] - start)  # only env step 100 is in the first quarter
     assert result["cumulative_regret"] == pytest.approx(sum(1 - rate for rate in rates) / 4)
     assert result["cumulative_regret"] == pytest.approx(float(online[-1]["cumulative_regret"]))
     assert result["steps_to_90pct_final"] in (0, 100, 200, 300, 400)

@@ -40,12 +40,15 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
                        "actor_bc_weight=0.5", f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     evals = _rows(run_dir / "eval.csv")
-    assert [int(r["step"]) for r in evals] == [100, 200]
-    assert {"success_rate", "return", "episode_length", "cumulative_regret"} <= set(evals[0])
+    # the starting point (before any online step), then every eval_every env steps
+    assert [int(r["step"]) for r in evals] == [0, 100, 200]
+    assert {"success_rate", "return", "episode_length", "cumulative_regret"} <= set(evals[1])
+    assert evals[0]["cumulative_regret"] == "" and evals[0]["updates"] == "0"  # regret is fine-tuning's only
+    assert float(evals[2]["cumulative_regret"]) == pytest.approx(1 - np.mean([float(r["success_rate"]) for r in evals[1:]]))
     # the calibration picture on held-out offline states and on recent online ones
-    assert {"q_policy", "q_data", "mc_return", "q_data_mc_corr", "online_q_policy", "online_mc_return"} <= set(evals[0])
+    assert {"q_policy", "q_data", "mc_return", "q_data_mc_corr", "online_q_policy", "online_mc_return"} <= set(evals[1])
     videos = sorted((run_dir / "videos").glob("*.mp4"))
-    assert len(videos) == 2 and all(v.stat().st_size > 1000 for v in videos)
+    assert len(videos) == 3 and all(v.stat().st_size > 1000 for v in videos)
     episodes = _rows(run_dir / "episodes.csv")
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     counters = checkpoint["counters"]

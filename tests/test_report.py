@@ -58,6 +58,13 @@ def test_figures_of_one_run_by_hand():
     assert run_figures(offline, _evals([(1000, 0.2, 0, 0), (2000, 0.85, 0, 0)]), 2000)["steps_to_90pct_final"] == 0
     # no evaluation within the first quarter: the dip is measured at the first one
     assert run_figures(offline, _evals([(1000, 0.3, 0, 0), (2000, 0.9, 0, 0)]), 2000)["unlearning_dip"] == pytest.approx(-0.5)
+    # fine-tuning's own evaluation before its first online step is the starting point: it sets the
+    # pretrained success and stays out of the regret and the dip's window
+    with_start = run_figures(offline, _evals([(0, 0.7, 0, 0), (1000, 0.6, 0, 0), (2000, 0.9, 0, 0)]), 4000)
+    assert with_start == pytest.approx({"pretrained_success": 0.7, "final_success": 0.9, "unlearning_dip": 0.6 - 0.7,
+                                        "cumulative_regret": (0.4 + 0.1) / 2, "steps_to_90pct_final": 2000})
+    with pytest.raises(ValueError, match="after an online step"):
+        run_figures(offline, _evals([(0, 0.7, 0, 0)]), 4000)
 
 
 def test_report_on_hand_made_runs(tmp_path, capsys):
