@@ -297,6 +297,7 @@ class Workspace:
                                                   cfg.sampling, cfg.mixing_ratio)
                     for key, value in self.agent.update(batch).items():
                         window.setdefault(key, []).append(value)
+                    window.setdefault("online_share", []).append(float(np.mean(batch.online)))
                     self.updates += 1
                     updates_due -= 1.0
                     if self.updates % cfg.log_every == 0:

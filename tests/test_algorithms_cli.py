@@ -39,6 +39,10 @@ def test_pretrain_finetune_export(name, small_dataset, tmp_path):
     assert checkpoint["counters"]["env_steps"] >= 200 and checkpoint["counters"]["updates"] == checkpoint["online_buffer"]["size"]
     with open(finetuned / "eval.csv") as f:
         assert 0.0 <= float(next(csv.DictReader(f))["success_rate"]) <= 1.0
+    # the share of online rows in the batches: exactly half when mixed, the buffers' sizes when uniform
+    with open(finetuned / "train.csv") as f:
+        shares = [float(row["online_share"]) for row in csv.DictReader(f)]
+    assert shares and (all(share == 0.5 for share in shares) if name != "awac" else all(0.0 < share < 1.0 for share in shares))
     _run("policy.export", f"checkpoint={finetuned / 'checkpoint.pt'}", f"out={exported}")
     policy = torch.jit.load(str(exported))
     agent = restore_agent(checkpoint).eval()
