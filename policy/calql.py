@@ -56,11 +56,6 @@ class SACConfig(AlgoConfig):
     # Which rows the BC term imitates: all of the batch, or only the offline data's (online
     # rows hold the policy's own exploration actions, which anchor it to itself).
     actor_bc_source: str = "all"  # all | offline
-    # Monte-Carlo warm start of the critic: for its first mc_warmup_steps updates Q(s, a_data)
-    # regresses onto the transition's MC return instead of the bootstrapped target, so that TD
-    # learning starts at the returns' scale instead of descending there from zero, which takes
-    # about 1 / ((1 - gamma) tau) updates (20k at the reference gamma and tau).
-    mc_warmup_steps: int = 0
     # The actor gets its own encoder, trained by the actor's loss (robomimic's layout), instead
     # of reading the critic's features detached (DrQ's).
     separate_actor_encoder: bool = False
@@ -158,8 +153,6 @@ class CalQLAgent(Agent):
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
         if config.actor_bc_weight < 0:
             raise ValueError(f"algo.actor_bc_weight must be >= 0, got {config.actor_bc_weight}")
-        if config.mc_warmup_steps < 0:
-            raise ValueError(f"algo.mc_warmup_steps must be >= 0, got {config.mc_warmup_steps}")
         if config.actor_bc_source not in BC_SOURCES:
             raise ValueError(f"algo.actor_bc_source must be one of {', '.join(BC_SOURCES)}, got {config.actor_bc_source!r}")
         self.conservative = isinstance(config, CQLConfig)
@@ -203,8 +196,6 @@ class CalQLAgent(Agent):
                 backup_q = backup_q - self.log_entropy_alpha.exp() * backup_logp
             target_q = backup_q.max(dim=1).values
             td_target = batch.rewards + batch.discounts * (1.0 - batch.terminals) * target_q
-            if self.num_updates < cfg.mc_warmup_steps:
-                td_target = batch.mc_returns
 
         # critic: TD loss, plus the (calibrated) conservative penalty
         if not self.conservative:

@@ -154,19 +154,6 @@ def test_actor_learning_rate_can_change_and_is_recorded(name):
     assert clone.optimizers["actor"].param_groups[0]["lr"] == 2e-5
 
 
-@pytest.mark.parametrize("name", ["calql", "cql", "sac"])
-def test_mc_warmup_regresses_the_critic_onto_mc_returns_first(name):
-    torch.manual_seed(0)
-    batch = _image_batch()
-    batch.mc_returns = np.linspace(-50.0, -10.0, len(batch)).astype(np.float32)  # far from any bootstrapped value
-    agent = make_agent(_small_config(name, mc_warmup_steps=2), obs_spec_of(batch.obs), 4, SMALL_ENCODER)
-    targets = [agent.update(batch)["td_target"] for _ in range(3)]
-    assert targets[:2] == pytest.approx([-30.0, -30.0])  # the mean MC return, during the warm start
-    assert abs(targets[2] - -30.0) > 10.0  # r + gamma Q(s', a'): near zero for a fresh critic
-    with pytest.raises(ValueError, match="mc_warmup_steps must be >= 0"):
-        make_agent(_small_config(name, mc_warmup_steps=-1), obs_spec_of(batch.obs), 4, SMALL_ENCODER)
-
-
 def test_config_must_match_the_name_it_carries():
     check_config(CalQLConfig())
     with pytest.raises(ValueError, match="algo.name=calql contradicts the CQLConfig settings"):
