@@ -7,14 +7,17 @@ Entry points, checkpoints, evaluation and export only use this interface:
   deterministic policy action;
 - ``update(batch) -> metrics``: one gradient update on a :class:`~datasets.replay.Batch`;
 - ``training_state()`` / ``load_training_state(state)``: weights, optimiser states, counters;
-- ``policy_encoder`` and ``actor.deterministic(features)``: what export traces.
+- ``evaluated_policy()``: the (encoder, actor) pair that deterministic acting uses and export
+  traces: the trained ones, or their moving average (``policy_average_tau``).
 
 An algorithm builds ``self.critic`` (an ensemble of Q heads on ``self.encoder``'s features),
-``self.actor`` and its optimisers (``self.optimizers``, by name), and writes ``update``.
+``self.actor`` and its optimisers (``self.optimizers``, by name), and writes ``learn``: the
+gradient steps of one update.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -24,6 +27,7 @@ import torch.nn as nn
 
 from datasets.replay import Batch, ObsSpec
 from perception.encoders import EncoderConfig, ObservationEncoder
+from policy.networks import soft_update
 
 
 @dataclass
@@ -36,6 +40,10 @@ class AlgoConfig:
     hidden_dim: int = 256
     tau: float = 5e-3  # soft update of the target networks
     critic_layer_norm: bool = False  # LayerNorm in the critic's hidden layers
+    # Rate of an exponential moving average of the policy's weights (its encoder and actor),
+    # moved after every update like a target network; the average is the policy that is
+    # evaluated and exported, the trained weights keep exploring. 0: no average.
+    policy_average_tau: float = 0.0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,6 +89,8 @@ class Agent(nn.Module):
             raise ValueError(f"algo.n_step must be >= 1, got {config.n_step}")
         if not 0.0 < config.gamma <= 1.0:
             raise ValueError(f"algo.gamma must be in (0, 1], got {config.gamma}")
+        if not 0.0 <= config.policy_average_tau <= 1.0:
+            raise ValueError(f"algo.policy_average_tau must be in [0, 1], got {config.policy_average_tau}")
         self.config = config
         self.action_dim = action_dim
         self.device = torch.device(device)
@@ -89,6 +99,9 @@ class Agent(nn.Module):
         self.actor_encoder: ObservationEncoder | None = None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.num_updates = 0
+        # The moving average of the policy (encoder and actor), made at the first update that
+        # moves it; never trained, so it holds no gradients.
+        self.policy_average: nn.ModuleDict | None = None
         # Scale of the exploration noise when acting online (1: the policy's own)
         self.exploration_scale = 1.0
 
@@ -98,11 +111,23 @@ class Agent(nn.Module):
         """The encoder the actor reads (its own where the algorithm gives it one)."""
         return self.actor_encoder if self.actor_encoder is not None else self.encoder
 
+    def evaluated_policy(self, trained: bool = False) -> tuple[ObservationEncoder, nn.Module]:
+        """The encoder and actor of the deterministic policy: the moving average where there is
+        one (unless ``trained``), else the trained weights."""
+        if self.policy_average is not None and not trained:
+            return self.policy_average["encoder"], self.policy_average["actor"]
+        return self.policy_encoder, self.actor
+
     @torch.no_grad()
-    def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
-        """Actions for a batch of observations (dict of (B, ...) arrays), in [-1, 1]."""
-        features = self.policy_encoder(to_torch(obs, self.device))
-        actions = self.actor.deterministic(features) if deterministic else self.explore(features)
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool = True, trained: bool = False) -> np.ndarray:
+        """Actions for a batch of observations (dict of (B, ...) arrays), in [-1, 1]:
+        the evaluated policy's (``trained``: the trained weights'), or exploration actions."""
+        obs_t = to_torch(obs, self.device)
+        if deterministic:
+            encoder, actor = self.evaluated_policy(trained)
+            actions = actor.deterministic(encoder(obs_t))
+        else:
+            actions = self.explore(self.policy_encoder(obs_t))
         return actions.cpu().numpy()
 
     def explore(self, features: torch.Tensor) -> torch.Tensor:
@@ -145,7 +170,23 @@ class Agent(nn.Module):
 
     # --------------------------------------------------------------------------- learning
     def update(self, batch: Batch) -> dict[str, float]:
+        """One update: the algorithm's gradient steps, then the policy average follows."""
+        averaging = self.config.policy_average_tau > 0
+        if averaging and self.policy_average is None:
+            self._make_policy_average()  # from the policy before this update
+        metrics = self.learn(batch)
+        if averaging:
+            soft_update(self.policy_average["encoder"], self.policy_encoder, self.config.policy_average_tau)
+            soft_update(self.policy_average["actor"], self.actor, self.config.policy_average_tau)
+        return metrics
+
+    def learn(self, batch: Batch) -> dict[str, float]:
+        """The algorithm's gradient steps on one batch; returns its metrics."""
         raise NotImplementedError
+
+    def _make_policy_average(self) -> None:
+        average = nn.ModuleDict({"encoder": copy.deepcopy(self.policy_encoder), "actor": copy.deepcopy(self.actor)})
+        self.policy_average = average.requires_grad_(False).eval()
 
     def check_finite(self, loss: torch.Tensor, name: str) -> None:
         if not torch.isfinite(loss):
@@ -173,6 +214,8 @@ class Agent(nn.Module):
         }
 
     def load_training_state(self, state: dict[str, Any]) -> None:
+        if self.policy_average is None and any(key.startswith("policy_average.") for key in state["model"]):
+            self._make_policy_average()  # its weights come with the state
         self.load_state_dict(state["model"])
         if set(state["optimizers"]) != set(self.optimizers):
             raise ValueError(f"optimiser states {sorted(state['optimizers'])} do not match this agent's {sorted(self.optimizers)}")

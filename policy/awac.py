@@ -47,7 +47,7 @@ class AWACAgent(Agent):
             "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
         }
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def learn(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
         batch = batch.to_torch(self.device)
         features = self.encoder(batch.obs, augment=True)

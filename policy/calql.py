@@ -178,7 +178,7 @@ class CalQLAgent(Agent):
             self.optimizers["cql_alpha"] = torch.optim.Adam([self.log_cql_alpha], lr=config.critic_lr)
 
     # --------------------------------------------------------------------------- learning
-    def update(self, batch: Batch) -> dict[str, float]:
+    def learn(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
         batch = batch.to_torch(self.device)
         actions = batch.actions

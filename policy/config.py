@@ -85,6 +85,9 @@ class FinetuneConfig:
     actor_bc_weight: Optional[float] = None  # the actor's BC term online; null: the checkpoint's
     actor_bc_source: Optional[str] = None  # all | offline: the rows the BC term imitates; null: the checkpoint's
     actor_lr: Optional[float] = None  # the actor's learning rate online; null: the checkpoint's
+    # Rate of the moving average of the policy that is evaluated and exported (algo's
+    # policy_average_tau); null: the checkpoint's. A new average starts from the pretrained policy.
+    policy_average_tau: Optional[float] = None
     # Exploration noise online relative to the policy's own (the SAC family's sampled standard
     # deviation, TD3+BC's Gaussian noise): 1 explores as trained, 0 acts deterministically.
     exploration_scale: float = 1.0
@@ -104,6 +107,9 @@ class FinetuneConfig:
     # Evaluate once before the first online step (eval.csv row at env step 0): the curve's
     # starting point, with the same episodes as every later evaluation.
     eval_at_start: bool = True
+    # With a policy average, also evaluate the trained weights on the same episodes (eval.csv's
+    # trained_success_rate): what the average changes.
+    eval_trained_policy: bool = False
     calibration_states: int = 1024  # held-out offline states and recent online ones for Q vs MC
     video: bool = True  # an mp4 of one evaluation episode at each evaluation
     checkpoint_every: int = 2000  # env steps

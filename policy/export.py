@@ -63,8 +63,7 @@ class PolicyCore(nn.Module):
 
     def __init__(self, agent, obs_keys: list[str]) -> None:
         super().__init__()
-        self.encoder = agent.policy_encoder
-        self.actor = agent.actor
+        self.encoder, self.actor = agent.evaluated_policy()
         self.obs_keys = obs_keys
 
     def forward(self, observations: list[torch.Tensor]) -> torch.Tensor:

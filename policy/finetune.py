@@ -110,6 +110,13 @@ class Workspace:
             if not cfg.actor_lr > 0:
                 raise ValueError(f"actor_lr must be > 0, got {cfg.actor_lr}")
             self.agent.set_actor_lr(cfg.actor_lr)
+        if cfg.policy_average_tau is not None:
+            if not 0.0 <= cfg.policy_average_tau <= 1.0:
+                raise ValueError(f"policy_average_tau must be in [0, 1], got {cfg.policy_average_tau}")
+            self.agent.config.policy_average_tau = cfg.policy_average_tau
+        if cfg.eval_trained_policy and not self.agent.config.policy_average_tau > 0:
+            raise ValueError("eval_trained_policy=true compares the policy average with the trained weights, "
+                             "but this run has no average; set policy_average_tau or drop eval_trained_policy")
         if cfg.freeze_encoder:
             self.agent.freeze_encoders()
         if not cfg.exploration_scale >= 0:
@@ -213,6 +220,9 @@ class Workspace:
         run starts from, which stays out of the cumulative regret (a figure of fine-tuning)."""
         self.agent.eval()
         metrics = self.evaluator.run(lambda obs: self.agent.act(obs), self.cfg.eval_episodes)
+        if self.cfg.eval_trained_policy:
+            trained = self.evaluator.run(lambda obs: self.agent.act(obs, trained=True), self.cfg.eval_episodes)
+            metrics.update({f"trained_{key}": value for key, value in trained.items()})
         # the calibration picture on the offline states pretraining tracked, and on the most
         # recent online transitions
         if self.calibration is not None:

@@ -70,7 +70,7 @@ class IQLAgent(Agent):
             "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
         }
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def learn(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
         batch = batch.to_torch(self.device)
         features = self.encoder(batch.obs, augment=True)

@@ -66,7 +66,7 @@ class TD3BCAgent(Agent):
         noise = self.exploration_scale * self.config.exploration_noise * torch.randn_like(actions)
         return (actions + noise).clamp(-1.0, 1.0)
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def learn(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
         batch = batch.to_torch(self.device)
         features = self.encoder(batch.obs, augment=True)

@@ -205,3 +205,31 @@ def test_traced_core_uses_the_actor_encoder_when_it_is_separate():
         critic_encoder_actions = agent.actor.deterministic(agent.encoder({k: torch.from_numpy(v) for k, v in obs.items()}))
     np.testing.assert_allclose(exported, agent.act(obs), atol=1e-6)
     assert not torch.allclose(critic_encoder_actions, torch.from_numpy(agent.act(obs)))  # it is not the critic's encoder
+
+
+def test_traced_core_is_the_policy_average_when_there_is_one():
+    from datasets.replay import Batch, obs_spec_of
+    from perception.encoders import EncoderConfig
+    from policy.algorithms import make_agent
+    from policy.calql import CalQLConfig
+    from policy.export import PolicyCore
+
+    rng = np.random.default_rng(0)
+    obs = {"agentview_image": rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8),
+           "robot0_eef_pos": rng.normal(size=(8, 3)).astype(np.float32)}
+    batch = Batch(obs=obs, next_obs={k: v.copy() for k, v in obs.items()},
+                  actions=rng.uniform(-1, 1, (8, 4)).astype(np.float32), rewards=np.zeros(8, np.float32),
+                  terminals=np.zeros(8, np.float32), timeouts=np.zeros(8, np.float32),
+                  mc_returns=np.zeros(8, np.float32), discounts=np.full(8, 0.99, np.float32),
+                  online=np.zeros(8, np.float32))
+    torch.manual_seed(0)
+    agent = make_agent(CalQLConfig(hidden_dim=16, cql_num_actions=2, backup_num_actions=2, policy_average_tau=0.5),
+                       obs_spec_of(obs), 4, EncoderConfig(channels=[4], feature_dim=8))
+    agent.update(batch)
+    agent.eval()
+    keys = sorted(obs)
+    core = torch.jit.trace(PolicyCore(agent, keys), ([torch.from_numpy(obs[k]) for k in keys],))
+    with torch.no_grad():
+        exported = core([torch.from_numpy(obs[k]) for k in keys]).numpy()
+    np.testing.assert_allclose(exported, agent.act(obs), atol=1e-6)
+    assert not np.allclose(exported, agent.act(obs, trained=True), atol=1e-4)

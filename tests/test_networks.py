@@ -203,3 +203,52 @@ def test_layer_norm_critic_bounds_q_for_any_input():
     plain = EnsembleCritic(feature_dim=5, action_dim=3, hidden_dim=8, num_critics=2)
     plain.load_state_dict(critic.state_dict())
     assert plain(torch.randn(4, 5) * 1e6, actions).abs().max() > bound.max()  # unnormalised: unbounded
+
+
+@pytest.mark.parametrize("algo", ["calql", "iql", "awac", "td3bc"])
+def test_policy_average_follows_the_trained_policy_by_tau(algo):
+    from policy.algorithms import lookup
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    batch = _batch(rng)
+    config = lookup(algo).config(hidden_dim=16, policy_average_tau=0.25)
+    agent = _agent(config, batch)
+    assert agent.policy_average is None  # made by the first update, from the weights it starts at
+    start = copy.deepcopy(agent.actor), copy.deepcopy(agent.policy_encoder)
+    agent.update(batch)
+    trained = agent.actor, agent.policy_encoder
+    average = agent.policy_average["actor"], agent.policy_average["encoder"]
+    for before, now, averaged in zip(start, trained, average):
+        for b, n, a in zip(before.parameters(), now.parameters(), averaged.parameters()):
+            torch.testing.assert_close(a, 0.75 * b + 0.25 * n)
+            assert not a.requires_grad
+    # the average is what deterministic acting uses; `trained=True` the trained weights
+    assert not np.allclose(agent.act(batch.obs), agent.act(batch.obs, trained=True))
+    with torch.no_grad():
+        obs = {k: torch.as_tensor(v) for k, v in batch.obs.items()}
+        expected = average[0].deterministic(average[1](obs)).numpy()
+    np.testing.assert_allclose(agent.act(batch.obs), expected, atol=1e-6)
+
+
+def test_policy_average_is_saved_and_restored_and_absent_without_tau():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    batch = _batch(rng)
+    config = CalQLConfig(hidden_dim=16, cql_num_actions=2, backup_num_actions=2, policy_average_tau=0.1)
+    agent = _agent(config, batch)
+    agent.update(batch)
+    agent.update(batch)
+    clone = _agent(dataclasses.replace(config), batch)
+    clone.load_training_state(agent.training_state())
+    np.testing.assert_allclose(clone.act(batch.obs), agent.act(batch.obs), atol=1e-6)
+    np.testing.assert_allclose(clone.act(batch.obs, trained=True), agent.act(batch.obs, trained=True), atol=1e-6)
+    # a state without an average (an older checkpoint) loads, and the average starts from it
+    plain = _agent(dataclasses.replace(config, policy_average_tau=0.0), batch)
+    plain.update(batch)
+    assert plain.policy_average is None
+    fresh = _agent(dataclasses.replace(config), batch)
+    fresh.load_training_state(plain.training_state())
+    np.testing.assert_allclose(fresh.act(batch.obs), plain.act(batch.obs), atol=1e-6)
+    with pytest.raises(ValueError, match="policy_average_tau"):
+        _agent(CalQLConfig(policy_average_tau=1.5), batch)
