@@ -1,16 +1,20 @@
-"""Update throughput of every algorithm: ``python -m bench.update [--algos calql,iql] [--batch-size 256]``.
+"""Update throughput of every algorithm: ``python -m bench.update [--algos calql,iql] [--devices cpu]``.
 
 Each algorithm at its reference settings (its config's defaults: for Cal-QL and CQL 10 sampled
 actions per CQL term and a max backup over 10 target actions), two 256-wide critics, the
-default conv encoder with random shift, batch 256 of 48x48 images by default. Prints gradient
-updates/s on the CPU (and on CUDA when present), the FLOPs of one update (counted by torch's
-FLOP counter, forward and backward) and the GFLOP/s reached; ``--profile`` adds where the time
-goes (torch profiler, top operators by self time).
+default conv encoder with random shift, on a batch that already lies on the training device
+(as the replay's batches do). For every algorithm, device (CPU, and CUDA when present), mode
+(eager, and compiled with ``torch.compile``), batch size and image size it prints gradient
+updates/s, the FLOPs of one update (counted by torch's FLOP counter, forward and backward) and
+the TFLOP/s reached. ``--profile`` adds where the time goes (torch profiler, top operators).
+The full matrix compiles every configuration once (a minute or more each on a CPU): narrow it
+with the options for a quick look.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import numpy as np
@@ -22,6 +26,7 @@ from datasets.replay import Batch, obs_spec_of
 from perception.encoders import EncoderConfig
 from policy.agent import Agent
 from policy.algorithms import REGISTRY, make_agent
+from policy.run import prepare_device
 
 
 def synthetic_batch(batch_size: int, image_size: int, rng: np.random.Generator) -> Batch:
@@ -44,62 +49,97 @@ def synthetic_batch(batch_size: int, image_size: int, rng: np.random.Generator) 
     )
 
 
-def reference_agent(name: str, batch: Batch, device: str) -> Agent:
+def reference_agent(name: str, batch: Batch, device: str | torch.device) -> Agent:
     return make_agent(REGISTRY[name].config(), obs_spec_of(batch.obs), 4, EncoderConfig(), device)
 
 
-def updates_per_second(agent: Agent, batch: Batch, seconds: float) -> float:
-    for _ in range(3):
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def updates_per_second(agent: Agent, batch: Batch, seconds: float, warmup: int = 3) -> float:
+    """Updates/s over about ``seconds`` after ``warmup`` untimed updates (compiling happens
+    there). Metrics stay on the device, as in training, and are read once at the end."""
+    for _ in range(warmup):
         agent.update(batch)
-    if agent.device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(agent.device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         agent.update(batch)
         count += 1
-    if agent.device.type == "cuda":
-        torch.cuda.synchronize()
+        if count % 10 == 0:
+            agent.raise_if_nonfinite()  # the training loops check at each log row; a sync here too
+    synchronize(agent.device)
+    agent.raise_if_nonfinite()
     return count / (time.perf_counter() - start)
+
+
+def update_flops(name: str, batch: Batch) -> int:
+    """FLOPs of one update (forward and backward), counted on the CPU in eager mode."""
+    torch.manual_seed(0)
+    agent = reference_agent(name, batch, "cpu")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        agent.update(batch)
+    return counter.get_total_flops()
+
+
+def parse_list(text: str, kind: type = str) -> list:
+    return [kind(item) for item in text.split(",") if item]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", default=",".join(REGISTRY), help="comma-separated registered algorithms")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--image-size", type=int, default=48)
-    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per algorithm and device")
+    parser.add_argument("--devices", default="cpu,cuda", help="cpu and/or cuda (cuda is skipped where absent)")
+    parser.add_argument("--modes", default="eager,compiled", help="eager and/or compiled (torch.compile)")
+    parser.add_argument("--batch-sizes", default="256,1024")
+    parser.add_argument("--image-sizes", default="48,84")
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per configuration")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--profile", action="store_true", help="print the top operators of each algorithm's update")
+    parser.add_argument("--profile", action="store_true", help="print the top operators of each eager CPU update")
     args = parser.parse_args()
-    names = args.algos.split(",")
+    names = parse_list(args.algos)
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:
         parser.error(f"unknown algorithm(s) {unknown}; registered: {', '.join(REGISTRY)}")
+    modes = parse_list(args.modes)
+    if not set(modes) <= {"eager", "compiled"} or not modes:
+        parser.error(f"--modes takes eager and/or compiled, got {args.modes!r}")
+    devices = parse_list(args.devices)
+    if not set(devices) <= {"cpu", "cuda"} or not devices:
+        parser.error(f"--devices takes cpu and/or cuda, got {args.devices!r}")
+    if "cuda" in devices and not torch.cuda.is_available():
+        devices.remove("cuda")
+        print("CUDA: not available on this machine (CPU only)")
+    if not devices:
+        parser.error("no device to measure")
     if args.threads:
         torch.set_num_threads(args.threads)
-    batch = synthetic_batch(args.batch_size, args.image_size, np.random.default_rng(0))
-    print(f"batch {args.batch_size}, {args.image_size}x{args.image_size} images, {torch.get_num_threads()} CPU threads")
-    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    print(f"{'algo':<8}{'CPU updates/s':>15}{'GFLOP/update':>14}{'CPU GFLOP/s':>13}" + (f"{'CUDA updates/s':>16}" if cuda else ""))
-    for name in names:
-        torch.manual_seed(0)
-        agent = reference_agent(name, batch, "cpu")
-        counter = FlopCounterMode(display=False)
-        with counter:
-            agent.update(batch)
-        flops = counter.get_total_flops()
-        rate = updates_per_second(agent, batch, args.seconds)
-        row = f"{name:<8}{rate:>15.2f}{flops / 1e9:>14.2f}{flops * rate / 1e9:>13.1f}"
-        if cuda:
-            row += f"{updates_per_second(reference_agent(name, batch, 'cuda'), batch, args.seconds):>16.1f}"
-        print(row, flush=True)
-        if args.profile:
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(5):
-                    agent.update(batch)
-            print(f"where {name}'s time goes (5 updates, top operators by self CPU time):")
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-    print(f"CUDA: {cuda}" if cuda else "CUDA: not available on this machine")
+    for device in devices:
+        prepare_device(torch.device(device))
+    cuda = torch.cuda.get_device_name() if "cuda" in devices else None
+    print(f"{torch.get_num_threads()} CPU threads" + (f"; CUDA: {cuda}" if cuda else ""))
+    print(f"{'algo':<7}{'device':<7}{'mode':<10}{'batch':>6}{'px':>4}{'updates/s':>11}{'GFLOP/update':>14}{'TFLOP/s':>9}")
+    for name, batch_size, image_size in itertools.product(names, parse_list(args.batch_sizes, int), parse_list(args.image_sizes, int)):
+        host_batch = synthetic_batch(batch_size, image_size, np.random.default_rng(0))
+        flops = update_flops(name, host_batch)
+        for device, mode in itertools.product(devices, modes):
+            batch = host_batch.to_torch(device)
+            torch.manual_seed(0)
+            agent = reference_agent(name, batch, device)
+            if mode == "compiled":
+                agent.compile_networks()
+            rate = updates_per_second(agent, batch, args.seconds)
+            print(f"{name:<7}{device:<7}{mode:<10}{batch_size:>6}{image_size:>4}{rate:>11.2f}{flops / 1e9:>14.2f}"
+                  f"{flops * rate / 1e12:>9.3f}", flush=True)
+            if args.profile and device == "cpu" and mode == "eager":
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    for _ in range(5):
+                        agent.update(batch)
+                print(f"where {name}'s time goes (5 updates, top operators by self CPU time):")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":

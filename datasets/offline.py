@@ -32,6 +32,7 @@ from typing import Iterator
 
 import h5py
 import numpy as np
+import torch
 
 from datasets.replay import ObsSpec, ReplayBuffer, obs_spec_of
 from datasets.returns import RewardConfig, episode_rewards_and_returns
@@ -214,16 +215,17 @@ def file_obs_spec(path: str | Path, obs_keys: list[str], image_size: int | None 
 def load_replay(
     path: str | Path, obs_keys: list[str], gamma: float, reward: RewardConfig,
     filter_key: str | None = "train", terminals: str = "success", image_size: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[ReplayBuffer, LoaderStats]:
-    """All selected episodes of a file in a replay buffer, with MC returns; camera frames
-    resized to ``image_size`` when given."""
+    """All selected episodes of a file in a replay buffer on ``device``, with MC returns;
+    camera frames resized to ``image_size`` when given."""
     stats = LoaderStats()
     episodes = list(iter_episodes(path, obs_keys, filter_key, terminals, stats, image_size))
     if not episodes:
         raise ValueError(f"{path}: no episodes selected (filter key {filter_key!r})")
     obs_spec = file_obs_spec(path, obs_keys, image_size)
     transitions = sum(len(e) for e in episodes)
-    buffer = ReplayBuffer(obs_spec, episodes[0].actions.shape[1], transitions, transitions + len(episodes))
+    buffer = ReplayBuffer(obs_spec, episodes[0].actions.shape[1], transitions, transitions + len(episodes), device)
     for episode in episodes:
         rewards, returns = episode_rewards_and_returns(episode.rewards, episode.terminals, gamma, reward)
         buffer.add_episode(episode.obs, episode.next_obs, actions=episode.actions, rewards=rewards,

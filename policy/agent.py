@@ -50,29 +50,36 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+# What losses and updates report: scalar tensors, left on the training device until a log row
+# averages them (reading each back per update would synchronise the device every time).
+Metrics = dict[str, torch.Tensor]
+
+
 def to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in obs.items()}
 
 
-def grad_norm(parameters: Iterable[nn.Parameter]) -> float:
+def grad_norm(parameters: Iterable[nn.Parameter]) -> torch.Tensor:
     norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
-    return torch.stack(norms).norm().item() if norms else 0.0
+    return torch.stack(norms).norm() if norms else torch.zeros(())
 
 
 def td_loss(q_data: torch.Tensor, td_target: torch.Tensor,
-            online: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+            online: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
     """Sum over Q heads of the mean squared TD error. ``q_data``: (C, B), ``td_target``: (B,).
 
-    With an ``online`` mask (B,) holding both kinds of rows, the metrics split the error into
-    offline and online transitions (does the critic fit the new data worse than the old?).
+    With an ``online`` mask (B,), the metrics split the error into offline and online
+    transitions (does the critic fit the new data worse than the old?); a kind of row that the
+    batch lacks gets NaN, which the logged averages skip.
     """
     squared = (q_data - td_target.unsqueeze(0)) ** 2
     per_head = squared.mean(dim=1)
-    metrics = {"td_loss": per_head.mean().item()}
-    if online is not None and 0 < int(online.sum()) < len(online):
-        per_row = squared.mean(dim=0)
-        metrics["td_loss_online"] = per_row[online > 0].mean().item()
-        metrics["td_loss_offline"] = per_row[online == 0].mean().item()
+    metrics = {"td_loss": per_head.mean().detach()}
+    if online is not None:
+        per_row = squared.detach().mean(dim=0)
+        online_rows = online.sum()
+        metrics["td_loss_online"] = (per_row * online).sum() / online_rows
+        metrics["td_loss_offline"] = (per_row * (1 - online)).sum() / (len(online) - online_rows)
     return per_head.sum(), metrics
 
 
@@ -99,6 +106,9 @@ class Agent(nn.Module):
         self.actor_encoder: ObservationEncoder | None = None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.num_updates = 0
+        # per loss name: was it non-finite in any update since the last check (on the device)
+        self._nonfinite: dict[str, torch.Tensor] = {}
+        self._checked_updates = 0
         # The moving average of the policy (encoder and actor), made at the first update that
         # moves it; never trained, so it holds no gradients.
         self.policy_average: nn.ModuleDict | None = None
@@ -161,6 +171,13 @@ class Agent(nn.Module):
             group["lr"] = lr
         self.config.actor_lr = lr
 
+    def compile_networks(self) -> None:
+        """Run every network's forward and backward pass through ``torch.compile`` (fused
+        kernels; the optimiser steps and the update's Python stay eager). Weights, state dicts
+        and checkpoints are those of the eager networks."""
+        for module in self.children():
+            module.compile()
+
     def freeze_encoders(self) -> None:
         """Stop training the observation encoder(s): no gradient reaches them (nor is computed
         through them), so their optimisers skip them and their features stay as they are."""
@@ -169,7 +186,7 @@ class Agent(nn.Module):
                 module.requires_grad_(False)
 
     # --------------------------------------------------------------------------- learning
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> Metrics:
         """One update: the algorithm's gradient steps, then the policy average follows."""
         averaging = self.config.policy_average_tau > 0
         if averaging and self.policy_average is None:
@@ -180,7 +197,7 @@ class Agent(nn.Module):
             soft_update(self.policy_average["actor"], self.actor, self.config.policy_average_tau)
         return metrics
 
-    def learn(self, batch: Batch) -> dict[str, float]:
+    def learn(self, batch: Batch) -> Metrics:
         """The algorithm's gradient steps on one batch; returns its metrics."""
         raise NotImplementedError
 
@@ -188,21 +205,34 @@ class Agent(nn.Module):
         average = nn.ModuleDict({"encoder": copy.deepcopy(self.policy_encoder), "actor": copy.deepcopy(self.actor)})
         self.policy_average = average.requires_grad_(False).eval()
 
-    def check_finite(self, loss: torch.Tensor, name: str) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite {name} ({loss.item()}) at update {self.num_updates}")
-
     def step(self, optimizer_name: str, loss: torch.Tensor, loss_name: str,
-             grad_norms: dict[str, Iterable[nn.Parameter]] | None = None) -> dict[str, float]:
-        """Check ``loss``, then one gradient step of the named optimiser; returns the gradient
-        norms of the named parameter groups in ``grad_norms`` (as ``<name>_grad_norm``)."""
-        self.check_finite(loss, loss_name)
+             grad_norms: dict[str, Iterable[nn.Parameter]] | None = None) -> Metrics:
+        """One gradient step of the named optimiser on ``loss``; returns the gradient norms of the
+        named parameter groups in ``grad_norms`` (as ``<name>_grad_norm``). Whether the loss was
+        finite is recorded on the device, for :meth:`raise_if_nonfinite`."""
+        nonfinite = ~torch.isfinite(loss.detach())
+        earlier = self._nonfinite.get(loss_name)
+        self._nonfinite[loss_name] = nonfinite if earlier is None else earlier | nonfinite
         optimizer = self.optimizers[optimizer_name]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norms = {f"{name}_grad_norm": grad_norm(parameters) for name, parameters in (grad_norms or {}).items()}
         optimizer.step()
         return norms
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a loss was NaN or infinite in an update since the
+        last check, naming the losses and the range of updates (counted from 1). The loops call
+        it before they evaluate, log or save, so that a checkpoint never holds damaged weights."""
+        first, last = self._checked_updates + 1, self.num_updates
+        names = list(self._nonfinite)
+        flags = torch.stack([self._nonfinite[name] for name in names]).tolist() if names else []
+        self._nonfinite.clear()
+        self._checked_updates = self.num_updates
+        bad = [name for name, flag in zip(names, flags) if flag]
+        if bad:
+            span = f"update {last}" if first == last else f"updates {first} to {last}"
+            raise NonFiniteLossError(f"non-finite {', '.join(bad)} in {span}")
 
     # ----------------------------------------------------------------------- checkpoints
     def training_state(self) -> dict[str, Any]:
@@ -221,4 +251,4 @@ class Agent(nn.Module):
             raise ValueError(f"optimiser states {sorted(state['optimizers'])} do not match this agent's {sorted(self.optimizers)}")
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
-        self.num_updates = int(state["num_updates"])
+        self.num_updates = self._checked_updates = int(state["num_updates"])

@@ -17,7 +17,7 @@ import torch
 
 from datasets.replay import Batch, ObsSpec
 from perception.encoders import EncoderConfig
-from policy.agent import Agent, AlgoConfig, td_loss
+from policy.agent import Agent, AlgoConfig, Metrics, td_loss
 from policy.iql import advantage_weights, weighted_log_likelihood_loss
 from policy.networks import EnsembleCritic, TanhGaussianActor, sample_tanh_gaussian, soft_update, tanh_gaussian_log_prob
 
@@ -47,7 +47,7 @@ class AWACAgent(Agent):
             "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
         }
 
-    def learn(self, batch: Batch) -> dict[str, float]:
+    def learn(self, batch: Batch) -> Metrics:
         cfg = self.config
         batch = batch.to_torch(self.device)
         features = self.encoder(batch.obs, augment=True)
@@ -80,10 +80,10 @@ class AWACAgent(Agent):
         self.num_updates += 1
 
         metrics.update(
-            critic_loss=critic_loss.item(),
-            q_data=q_data.mean().item(),
-            advantage=advantages.mean().item(),
-            td_target=td_target.mean().item(),
-            mc_returns=batch.mc_returns.mean().item(),
+            critic_loss=critic_loss.detach(),
+            q_data=q_data.mean().detach(),
+            advantage=advantages.mean().detach(),
+            td_target=td_target.mean().detach(),
+            mc_returns=batch.mc_returns.mean().detach(),
         )
         return metrics

@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from datasets.replay import Batch, ObsSpec
 from perception.encoders import EncoderConfig, ObservationEncoder
-from policy.agent import Agent, AlgoConfig, td_loss
+from policy.agent import Agent, AlgoConfig, Metrics, td_loss
 from policy.networks import EnsembleCritic, TanhGaussianActor, sample_tanh_gaussian, soft_update, tanh_gaussian_log_prob
 
 
@@ -90,17 +90,17 @@ def cql_penalty(
     mc_returns: torch.Tensor | None,
     action_dim: int,
     temperature: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, Metrics]:
     """Per-head CQL gap ``mean(temp * logsumexp(ood / temp) - Q(s, a_data))``, shape (C,).
 
     Shapes: ``q_data`` (C, B); ``q_random``/``q_current``/``q_next`` (C, B, n);
     ``logp_*`` (B, n). With ``mc_returns`` (B,) this is Cal-QL: the two policy-action terms
     are bounded below by the MC return; random and dataset actions are not.
     """
-    metrics: dict[str, float] = {}
+    metrics: Metrics = {}
     if mc_returns is not None:
         bound = mc_returns.view(1, -1, 1)
-        metrics["bound_rate"] = torch.cat([q_current < bound, q_next < bound], dim=-1).float().mean().item()
+        metrics["bound_rate"] = torch.cat([q_current < bound, q_next < bound], dim=-1).float().mean().detach()
         q_current = torch.maximum(q_current, bound)
         q_next = torch.maximum(q_next, bound)
     log_uniform_density = action_dim * math.log(0.5)
@@ -110,39 +110,43 @@ def cql_penalty(
     ood_value = temperature * torch.logsumexp(ood / temperature, dim=-1)  # (C, B)
     gap = (ood_value - q_data).mean(dim=1)
     metrics.update(
-        cql_gap=gap.mean().item(),
-        cql_ood_value=ood_value.mean().item(),
-        q_random=q_random.mean().item(),
-        q_current=q_current.mean().item(),
-        q_next=q_next.mean().item(),
+        cql_gap=gap.mean().detach(),
+        cql_ood_value=ood_value.mean().detach(),
+        q_random=q_random.mean().detach(),
+        q_current=q_current.mean().detach(),
+        q_next=q_next.mean().detach(),
     )
     return gap, metrics
 
 
-def sac_actor_loss(logp: torch.Tensor, q_min: torch.Tensor, entropy_alpha: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def sac_actor_loss(logp: torch.Tensor, q_min: torch.Tensor, entropy_alpha: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
     loss = (entropy_alpha * logp - q_min).mean()
-    return loss, {"actor_loss": loss.item(), "entropy": -logp.mean().item(), "q_policy": q_min.mean().item()}
+    return loss, {"actor_loss": loss.detach(), "entropy": -logp.mean().detach(), "q_policy": q_min.mean().detach()}
 
 
 def bc_regularizer(mean: torch.Tensor, actions: torch.Tensor, q_min: torch.Tensor, weight: float,
-                   rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                   rows: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
     """``weight * mean|Q| * mean ||tanh(mean) - a_data||^2``: ties the actor to the data's actions in
     proportion to the Q scale, so the weight does not depend on the reward scale. ``rows`` (a
-    boolean mask) restricts the squared error to those rows, e.g. the offline data's."""
+    boolean mask) restricts the squared error to those rows, e.g. the offline data's; a batch
+    without any such row uses all of its rows."""
     per_row = ((torch.tanh(mean) - actions) ** 2).sum(-1)
-    squared_error = per_row[rows].mean() if rows is not None else per_row.mean()
+    squared_error = per_row.mean()
+    if rows is not None:  # decided on the device: no read-back of the mask
+        count = rows.sum()
+        squared_error = torch.where(count > 0, (per_row * rows).sum() / count.clamp(min=1), squared_error)
     loss = weight * q_min.abs().mean().detach() * squared_error
-    return loss, {"bc_mse": squared_error.item(), "bc_loss": loss.item()}
+    return loss, {"bc_mse": squared_error.detach(), "bc_loss": loss.detach()}
 
 
-def bc_actor_loss(logp: torch.Tensor, logp_data: torch.Tensor, entropy_alpha: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def bc_actor_loss(logp: torch.Tensor, logp_data: torch.Tensor, entropy_alpha: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
     loss = (entropy_alpha * logp).mean() - logp_data.mean()
-    return loss, {"actor_loss": loss.item(), "entropy": -logp.mean().item(), "bc_log_prob": logp_data.mean().item()}
+    return loss, {"actor_loss": loss.detach(), "entropy": -logp.mean().detach(), "bc_log_prob": logp_data.mean().detach()}
 
 
-def entropy_alpha_loss(log_alpha: torch.Tensor, logp: torch.Tensor, target_entropy: float) -> tuple[torch.Tensor, dict[str, float]]:
+def entropy_alpha_loss(log_alpha: torch.Tensor, logp: torch.Tensor, target_entropy: float) -> tuple[torch.Tensor, Metrics]:
     loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
-    return loss, {"entropy_alpha": log_alpha.exp().item()}
+    return loss, {"entropy_alpha": log_alpha.exp().detach()}
 
 
 class CalQLAgent(Agent):
@@ -178,7 +182,7 @@ class CalQLAgent(Agent):
             self.optimizers["cql_alpha"] = torch.optim.Adam([self.log_cql_alpha], lr=config.critic_lr)
 
     # --------------------------------------------------------------------------- learning
-    def learn(self, batch: Batch) -> dict[str, float]:
+    def learn(self, batch: Batch) -> Metrics:
         cfg = self.config
         batch = batch.to_torch(self.device)
         actions = batch.actions
@@ -201,7 +205,7 @@ class CalQLAgent(Agent):
         if not self.conservative:
             q_data = self.critic(features, actions.unsqueeze(1))[:, :, 0]
             critic_loss, metrics = td_loss(q_data, td_target, batch.online)
-            penalty, cql_alpha = torch.zeros(()), torch.zeros(())
+            penalty = cql_alpha = torch.zeros((), device=self.device)
         else:
             n = cfg.cql_num_actions
             with torch.no_grad():
@@ -222,7 +226,7 @@ class CalQLAgent(Agent):
                 cql_alpha = self.log_cql_alpha.detach().exp().clamp(0.0, 1e6)
                 penalty = (cql_alpha * (gap - cfg.cql_target_action_gap)).sum()
             else:
-                cql_alpha = torch.tensor(cfg.cql_alpha)
+                cql_alpha = torch.full((), cfg.cql_alpha, device=self.device)
                 penalty = cfg.cql_alpha * gap.sum()
             critic_loss = loss_td + penalty
         metrics.update(self.step("critic", critic_loss, "critic_loss",
@@ -244,10 +248,10 @@ class CalQLAgent(Agent):
             q_policy = self.critic(features.detach(), policy_actions).min(dim=0).values
             actor_loss, actor_metrics = sac_actor_loss(logp, q_policy, entropy_alpha)
             if cfg.actor_bc_weight > 0:
-                rows = batch.online == 0 if cfg.actor_bc_source == "offline" and bool((batch.online == 0).any()) else None
+                rows = batch.online == 0 if cfg.actor_bc_source == "offline" else None
                 regularizer, bc_metrics = bc_regularizer(mean, actions, q_policy, cfg.actor_bc_weight, rows)
                 # how much of the actor's objective the BC term is
-                bc_metrics["bc_share"] = regularizer.item() / (abs(actor_loss.item()) + regularizer.item() + 1e-8)
+                bc_metrics["bc_share"] = (regularizer / (actor_loss.abs() + regularizer + 1e-8)).detach()
                 actor_loss = actor_loss + regularizer
                 actor_metrics.update(bc_metrics)
             self.critic.requires_grad_(True)
@@ -267,11 +271,11 @@ class CalQLAgent(Agent):
         metrics.update(actor_metrics)
         metrics.update(alpha_metrics)
         metrics.update(
-            critic_loss=critic_loss.item(),
-            cql_loss=penalty.item(),
-            cql_alpha=float(cql_alpha),
-            q_data=q_data.mean().item(),
-            td_target=td_target.mean().item(),
-            mc_returns=batch.mc_returns.mean().item(),
+            critic_loss=critic_loss.detach(),
+            cql_loss=penalty.detach(),
+            cql_alpha=cql_alpha.detach(),
+            q_data=q_data.mean().detach(),
+            td_target=td_target.mean().detach(),
+            mc_returns=batch.mc_returns.mean().detach(),
         )
         return metrics

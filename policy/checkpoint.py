@@ -24,14 +24,24 @@ FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "algo", "config", "obs_spec", "action_dim", "env", "agent", "step")
 
 
-def rng_state(numpy_rng: np.random.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": numpy_rng.bit_generator.state, "python": random.getstate()}
+def rng_state(numpy_rng: np.random.Generator, sampler: torch.Generator | None = None) -> dict[str, Any]:
+    """The random states a run continues from; ``sampler`` draws its replay batches."""
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_rng.bit_generator.state, "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if sampler is not None:
+        state["sampler"] = sampler.get_state()
+    return state
 
 
-def restore_rng_state(state: dict[str, Any], numpy_rng: np.random.Generator) -> None:
+def restore_rng_state(state: dict[str, Any], numpy_rng: np.random.Generator, sampler: torch.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
     numpy_rng.bit_generator.state = state["numpy"]
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if sampler is not None and "sampler" in state:  # older checkpoints drew batches with numpy
+        sampler.set_state(state["sampler"])
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

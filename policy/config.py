@@ -62,6 +62,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
     threads: int = 0  # torch CPU threads; 0: one per core
+    compile: bool = False  # the networks through torch.compile (a minute or more of compiling first)
     resume: bool = False  # continue the run in the run directory from its checkpoint.pt
     overwrite: bool = False  # start over in a run directory that already holds a run (deletes it)
 
@@ -95,7 +96,7 @@ class FinetuneConfig:
     # but online images cannot move the features the offline data's values were fit on.
     freeze_encoder: bool = False
     env_steps: int = 10000
-    num_envs: int = 2
+    num_envs: int = 0  # parallel sim workers collecting episodes; 0: one per CPU core but one, at least 2
     utd: float = 1.0  # gradient updates per env step, applied when an episode ends
     sampling: str = "mixed"  # mixed: mixing_ratio per batch; uniform: one buffer of both (AWAC)
     mixing_ratio: float = 0.5  # share of each batch drawn from the offline data (sampling=mixed)
@@ -119,6 +120,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0
+    compile: bool = False  # the networks through torch.compile (a minute or more of compiling first)
 
 
 ConfigStore.instance().store(name="finetune_schema", node=FinetuneConfig)

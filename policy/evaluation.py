@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 import sim
 from datasets.offline import load_replay
@@ -39,7 +40,7 @@ def calibration_metrics(agent: Agent, batch: Batch, prefix: str = "") -> dict[st
     states, and whether Q ranks states like their returns do (``q_data_mc_corr``)."""
     q_policy = agent.q_values(batch.obs)
     q_data = agent.q_values(batch.obs, batch.actions)
-    returns = np.asarray(batch.mc_returns)
+    returns = torch.as_tensor(batch.mc_returns).cpu().numpy()
     spread = np.std(q_data) > 0 and np.std(returns) > 0
     return {
         f"{prefix}q_policy": float(q_policy.mean()),

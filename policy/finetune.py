@@ -39,9 +39,9 @@ from policy.calql import BC_SOURCES, SACConfig  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import FinetuneConfig  # noqa: E402
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
-from policy.logger import MetricLogger  # noqa: E402
+from policy.logger import MetricLogger, MetricWindow  # noqa: E402
 from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path  # noqa: E402
-from policy.run import WallClock, check_command_line, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
+from policy.run import WallClock, check_command_line, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 class Workspace:
     def __init__(self, cfg: FinetuneConfig, run_dir: Path) -> None:
         self.clock = WallClock()
+        if cfg.num_envs == 0:  # the learner keeps a core
+            cfg.num_envs = max(2, len(os.sched_getaffinity(0)) - 1)
         for name in ("env_steps", "num_envs", "batch_size", "eval_every", "eval_episodes", "eval_workers", "checkpoint_every", "log_every"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
@@ -60,10 +62,12 @@ class Workspace:
             raise ValueError(f"utd must be positive, got {cfg.utd}")
         self.cfg, self.run_dir = cfg, run_dir
         self.device = resolve_device(cfg.device)
+        prepare_device(self.device)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
+        self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)  # replay batches, on the device
         resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
         resumed = load_checkpoint(resume_path, self.device) if resume_path else None
 
@@ -122,6 +126,8 @@ class Workspace:
         if not cfg.exploration_scale >= 0:
             raise ValueError(f"exploration_scale must be >= 0, got {cfg.exploration_scale}")
         self.agent.exploration_scale = cfg.exploration_scale
+        if cfg.compile:
+            self.agent.compile_networks()
         if action_dim != self.agent.action_dim:
             raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
         probe.close()
@@ -150,7 +156,7 @@ class Workspace:
                 offline_path = str(dataset_path(cfg.dataset))
             self.offline_path = str(offline_path)
             self.offline, _ = load_replay(offline_path, sorted(self.obs_spec), gamma, reward, cfg.dataset.filter_key,
-                                          cfg.dataset.terminals, image_size)
+                                          cfg.dataset.terminals, image_size, self.device)
             if self.offline.obs_spec != self.obs_spec:
                 raise ValueError(f"offline data {offline_path} has observations {self.offline.obs_spec}, "
                                  f"the agent expects {self.obs_spec}")
@@ -160,7 +166,7 @@ class Workspace:
                 offline_path, sorted(self.obs_spec), gamma, reward, cfg.dataset.terminals, cfg.dataset.eval_filter_key,
                 cfg.calibration_states, cfg.seed + 1, self.offline, image_size)
         capacity = cfg.env_steps + cfg.num_envs * 1000  # a kill may redo up to one episode per env
-        self.online = ReplayBuffer(self.obs_spec, action_dim, capacity, 2 * capacity)
+        self.online = ReplayBuffer(self.obs_spec, action_dim, capacity, 2 * capacity, self.device)
         log.info("online buffer: capacity %d transitions, %.1f MB", capacity, self.online.nbytes / 2**20)
 
         self.env_steps = self.updates = self.episodes = self.faults = 0
@@ -172,7 +178,7 @@ class Workspace:
             self.episodes, self.faults = int(counters["episodes"]), int(counters["faults"])
             self.eval_history = [list(row) for row in resumed["eval_history"]]
             self.clock.continue_from(resumed.get("wall_seconds", 0.0))  # absent in older checkpoints
-            restore_rng_state(resumed["rng"], self.rng)
+            restore_rng_state(resumed["rng"], self.rng, self.sampler)
             log.info("resumed from env step %d (%d updates)", self.env_steps, self.updates)
             print(f"resumed from env step {self.env_steps}", flush=True)
         # On resume, rows the interrupted run logged after its last checkpoint are dropped.
@@ -211,7 +217,7 @@ class Workspace:
             "eval_history": self.eval_history,
             "wall_seconds": self.clock.seconds(),
             "online_buffer": self.online.state_dict(),
-            "rng": rng_state(self.rng),
+            "rng": rng_state(self.rng, self.sampler),
         })
 
     # ------------------------------------------------------------------------- evaluation
@@ -262,7 +268,7 @@ class Workspace:
         keys = sorted(self.obs_spec)
         episodes: list[dict[str, list]] = [self._empty_episode() for _ in range(cfg.num_envs)]
         obs, _ = envs.reset(seed=[int(s) for s in self.rng.integers(2**31, size=cfg.num_envs)])
-        updates_due, window = 0.0, {}
+        updates_due, window = 0.0, MetricWindow()
         sim_time = learn_time = 0.0
         next_eval = (self.env_steps // cfg.eval_every + 1) * cfg.eval_every
         next_checkpoint = (self.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
@@ -302,20 +308,20 @@ class Workspace:
 
                 start = time.perf_counter()
                 while updates_due >= 1.0:
-                    batch = sample_offline_online(self.offline, self.online, cfg.batch_size, self.rng,
+                    batch = sample_offline_online(self.offline, self.online, cfg.batch_size, self.sampler,
                                                   self.agent.config.gamma, self.agent.config.n_step,
                                                   cfg.sampling, cfg.mixing_ratio)
-                    for key, value in self.agent.update(batch).items():
-                        window.setdefault(key, []).append(value)
-                    window.setdefault("online_share", []).append(float(np.mean(batch.online)))
+                    window.add({**self.agent.update(batch), "online_share": batch.online.mean()})
                     self.updates += 1
                     updates_due -= 1.0
                     if self.updates % cfg.log_every == 0:
-                        averaged = {k: float(np.mean(v)) for k, v in window.items()}
+                        self.agent.raise_if_nonfinite()
+                        averaged = window.averages()
                         averaged.update(env_steps=self.env_steps, episodes=self.episodes, sim_faults=self.faults,
                                         sim_seconds=sim_time, learn_seconds=learn_time + time.perf_counter() - start)
                         self.logger.log("train", self.updates, averaged)
-                        window.clear()
+                # the next actions come from these weights: they must be finite
+                self.agent.raise_if_nonfinite()
                 learn_time += time.perf_counter() - start
 
                 if self.env_steps >= next_eval or self.env_steps >= cfg.env_steps:

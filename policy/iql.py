@@ -17,7 +17,7 @@ import torch
 
 from datasets.replay import Batch, ObsSpec
 from perception.encoders import EncoderConfig
-from policy.agent import Agent, AlgoConfig, td_loss
+from policy.agent import Agent, AlgoConfig, Metrics, td_loss
 from policy.networks import EnsembleCritic, TanhGaussianActor, ValueNetwork, soft_update, tanh_gaussian_log_prob
 
 
@@ -32,12 +32,12 @@ class IQLConfig(AlgoConfig):
     value_lr: float = 3e-4
 
 
-def expectile_loss(diff: torch.Tensor, expectile: float) -> tuple[torch.Tensor, dict[str, float]]:
+def expectile_loss(diff: torch.Tensor, expectile: float) -> tuple[torch.Tensor, Metrics]:
     """Asymmetric squared loss of ``diff = target - V``: positive errors weigh ``expectile``,
     negative ones ``1 - expectile``."""
     weight = torch.where(diff > 0, expectile, 1.0 - expectile)
     loss = (weight * diff**2).mean()
-    return loss, {"value_loss": loss.item()}
+    return loss, {"value_loss": loss.detach()}
 
 
 def advantage_weights(advantages: torch.Tensor, inverse_temperature: float, max_weight: float) -> torch.Tensor:
@@ -45,11 +45,11 @@ def advantage_weights(advantages: torch.Tensor, inverse_temperature: float, max_
     return torch.exp(inverse_temperature * advantages).clamp(max=max_weight)
 
 
-def weighted_log_likelihood_loss(logp_data: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def weighted_log_likelihood_loss(logp_data: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
     """``-mean(weights * log pi(a_data | s))``: advantage-weighted regression of the actor."""
     loss = -(weights * logp_data).mean()
-    return loss, {"actor_loss": loss.item(), "bc_log_prob": logp_data.mean().item(),
-                  "adv_weight": weights.mean().item(), "adv_weight_max": weights.max().item()}
+    return loss, {"actor_loss": loss.detach(), "bc_log_prob": logp_data.mean().detach(),
+                  "adv_weight": weights.mean().detach(), "adv_weight_max": weights.max().detach()}
 
 
 class IQLAgent(Agent):
@@ -70,7 +70,7 @@ class IQLAgent(Agent):
             "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
         }
 
-    def learn(self, batch: Batch) -> dict[str, float]:
+    def learn(self, batch: Batch) -> Metrics:
         cfg = self.config
         batch = batch.to_torch(self.device)
         features = self.encoder(batch.obs, augment=True)
@@ -104,11 +104,11 @@ class IQLAgent(Agent):
         self.num_updates += 1
 
         metrics.update(
-            critic_loss=critic_loss.item(),
-            q_data=q_data.mean().item(),
-            v=v.mean().item(),
-            advantage=advantages.mean().item(),
-            td_target=td_target.mean().item(),
-            mc_returns=batch.mc_returns.mean().item(),
+            critic_loss=critic_loss.detach(),
+            q_data=q_data.mean().detach(),
+            v=v.mean().detach(),
+            advantage=advantages.mean().detach(),
+            td_target=td_target.mean().detach(),
+            mc_returns=batch.mc_returns.mean().detach(),
         )
         return metrics

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 class MetricLogger:
     """``log(stream, step, metrics)`` writes ``<run_dir>/<stream>.csv`` and TensorBoard
@@ -76,3 +78,33 @@ class MetricLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class MetricWindow:
+    """Per-update metrics (scalar tensors, possibly on a GPU, or floats) collected as they come
+    and averaged when a row is logged, with a single read-back from the device per row. NaN
+    entries (a metric an update had no rows for) are skipped; a metric NaN throughout is left out."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[torch.Tensor | float]] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor | float]) -> None:
+        for name, value in metrics.items():
+            self._values.setdefault(name, []).append(value)
+
+    def __len__(self) -> int:
+        return max((len(values) for values in self._values.values()), default=0)
+
+    def averages(self) -> dict[str, float]:
+        """The mean of each metric over the window; empties the window."""
+        names = list(self._values)
+        if not names:
+            return {}
+        device = next((v.device for values in self._values.values() for v in values if isinstance(v, torch.Tensor)),
+                      torch.device("cpu"))
+        means = torch.stack([
+            torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in self._values[name]]).nanmean()
+            for name in names
+        ]).tolist()
+        self._values.clear()
+        return {name: mean for name, mean in zip(names, means) if mean == mean}  # mean != mean: NaN throughout

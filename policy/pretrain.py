@@ -32,8 +32,8 @@ from policy.algorithms import check_config, make_agent  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import DatasetConfig, EnvConfig, PretrainConfig  # noqa: E402
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
-from policy.logger import MetricLogger  # noqa: E402
-from policy.run import WallClock, check_command_line, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
+from policy.logger import MetricLogger, MetricWindow  # noqa: E402
+from policy.run import WallClock, check_command_line, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
 from sim.robosuite_tasks import ROBOSUITE_NAMES  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +109,7 @@ class Workspace:
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = resolve_device(cfg.device)
+        prepare_device(self.device)
         resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
         resumed = load_checkpoint(resume_path, self.device) if resume_path else None
         if resumed is not None:
@@ -117,6 +118,7 @@ class Workspace:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
+        self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)  # replay batches, on the device
 
         path = dataset_path(cfg.dataset)
         self.dataset_path = path
@@ -129,7 +131,7 @@ class Workspace:
         probe.close()
 
         self.replay, stats = load_replay(path, obs_keys, cfg.algo.gamma, cfg.dataset.reward,
-                                         cfg.dataset.filter_key, cfg.dataset.terminals, image_size)
+                                         cfg.dataset.filter_key, cfg.dataset.terminals, image_size, self.device)
         log.info("replay: %d transitions in %d episodes (%d successes), %.1f MB",
                  len(self.replay), stats.episodes, stats.successes, self.replay.nbytes / 2**20)
         if self.replay.action_dim != action_dim:
@@ -145,6 +147,8 @@ class Workspace:
         self.last_eval: dict[str, float] = {}
         if resumed is not None:
             self._restore(resumed)
+        if cfg.compile:
+            self.agent.compile_networks()
         # On resume, rows the interrupted run logged after its last checkpoint are dropped.
         resume_steps = {stream: self.step for stream in ("train", "eval")} if resumed else None
         self.logger = MetricLogger(run_dir, resume_steps, purge_step=self.step + 1 if resumed else None)
@@ -165,7 +169,7 @@ class Workspace:
         self.best_success = float(checkpoint["best_success"])
         self.last_eval = dict(checkpoint["last_eval"])
         self.clock.continue_from(checkpoint.get("wall_seconds", 0.0))  # absent in older checkpoints
-        restore_rng_state(checkpoint["rng"], self.rng)
+        restore_rng_state(checkpoint["rng"], self.rng, self.sampler)
         best = self.run_dir / "best.pt"
         if best.is_file() and load_checkpoint(best)["step"] > self.step:
             # killed between writing best.pt and the checkpoint after it: that evaluation is redone
@@ -186,7 +190,7 @@ class Workspace:
             "best_success": self.best_success,
             "last_eval": self.last_eval,
             "wall_seconds": self.clock.seconds(),
-            "rng": rng_state(self.rng),
+            "rng": rng_state(self.rng, self.sampler),
         }
 
     def evaluate(self) -> dict[str, float]:
@@ -198,23 +202,24 @@ class Workspace:
 
     def train(self) -> dict[str, float]:
         cfg = self.cfg
-        window: dict[str, list[float]] = {}
+        window = MetricWindow()
         start, start_step = time.perf_counter(), self.step
         with tqdm(total=cfg.steps, initial=self.step, desc=f"pretrain {cfg.algo.name}", unit="step", dynamic_ncols=True) as bar:
             while self.step < cfg.steps:
-                metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng, cfg.algo.gamma, cfg.algo.n_step))
+                metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.sampler, cfg.algo.gamma, cfg.algo.n_step))
                 self.step += 1
                 bar.update(1)
-                for key, value in metrics.items():
-                    window.setdefault(key, []).append(value)
+                window.add(metrics)
+                evaluate = self.step % cfg.eval_every == 0 or self.step == cfg.steps
+                save = evaluate or self.step % cfg.checkpoint_every == 0
+                if self.step % cfg.log_every == 0 or save:
+                    self.agent.raise_if_nonfinite()  # before anything is logged, evaluated or saved
                 if self.step % cfg.log_every == 0:
-                    averaged = {key: float(np.mean(values)) for key, values in window.items()}
+                    averaged = window.averages()
                     averaged["updates_per_second"] = (self.step - start_step) / (time.perf_counter() - start)
                     self.logger.log("train", self.step, averaged)
                     bar.set_postfix(q=f"{averaged['q_data']:.2f}", bound=f"{averaged.get('bound_rate', 0):.2f}",
                                     success=f"{self.last_eval.get('success_rate', float('nan')):.2f}")
-                    window.clear()
-                evaluate = self.step % cfg.eval_every == 0 or self.step == cfg.steps
                 if evaluate:
                     self.last_eval = self.evaluate()
                     self.logger.log("eval", self.step, {**self.last_eval, "wall_seconds": self.clock.seconds()})
@@ -225,7 +230,7 @@ class Workspace:
                         self.best_success = self.last_eval["success_rate"]
                         save_checkpoint(self.run_dir / "best.pt", {**self.checkpoint_payload(), "eval": self.last_eval})
                 # a checkpoint after every evaluation too, so that best.pt is never ahead of it
-                if evaluate or self.step % cfg.checkpoint_every == 0:
+                if save:
                     save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_payload())
         return {**self.last_eval, "wall_seconds": self.clock.seconds()}
 

@@ -38,6 +38,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def prepare_device(device: torch.device) -> None:
+    """Settings for training on ``device``: on CUDA, TF32 tensor cores for float32 matmuls and
+    convolutions (10 mantissa bits, plenty for RL's noisy gradients)."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def check_writable(directory: Path) -> None:
     """Create ``directory`` if needed and write a file in it; one clear error if that fails."""
     try:

@@ -17,7 +17,7 @@ import torch
 
 from datasets.replay import Batch, ObsSpec
 from perception.encoders import EncoderConfig
-from policy.agent import Agent, AlgoConfig, td_loss
+from policy.agent import Agent, AlgoConfig, Metrics, td_loss
 from policy.networks import DeterministicActor, EnsembleCritic, soft_update
 
 
@@ -34,14 +34,14 @@ class TD3BCConfig(AlgoConfig):
 
 
 def td3bc_actor_loss(q_policy: torch.Tensor, policy_actions: torch.Tensor, data_actions: torch.Tensor,
-                     bc_lambda: float) -> tuple[torch.Tensor, dict[str, float]]:
+                     bc_lambda: float) -> tuple[torch.Tensor, Metrics]:
     """``-lambda * mean(Q) / mean|Q| + mean((pi(s) - a_data)^2)``; the normaliser is a constant."""
     q_scale = q_policy.abs().mean().detach()
     q_term = -bc_lambda * q_policy.mean() / q_scale
     bc_mse = ((policy_actions - data_actions) ** 2).mean()
     loss = q_term + bc_mse
-    return loss, {"actor_loss": loss.item(), "q_policy": q_policy.mean().item(), "q_scale": q_scale.item(),
-                  "bc_mse": bc_mse.item()}
+    return loss, {"actor_loss": loss.detach(), "q_policy": q_policy.mean().detach(), "q_scale": q_scale.detach(),
+                  "bc_mse": bc_mse.detach()}
 
 
 class TD3BCAgent(Agent):
@@ -66,7 +66,7 @@ class TD3BCAgent(Agent):
         noise = self.exploration_scale * self.config.exploration_noise * torch.randn_like(actions)
         return (actions + noise).clamp(-1.0, 1.0)
 
-    def learn(self, batch: Batch) -> dict[str, float]:
+    def learn(self, batch: Batch) -> Metrics:
         cfg = self.config
         batch = batch.to_torch(self.device)
         features = self.encoder(batch.obs, augment=True)
@@ -98,9 +98,9 @@ class TD3BCAgent(Agent):
             soft_update(self.target_actor, self.actor, cfg.tau)
 
         metrics.update(
-            critic_loss=critic_loss.item(),
-            q_data=q_data.mean().item(),
-            td_target=td_target.mean().item(),
-            mc_returns=batch.mc_returns.mean().item(),
+            critic_loss=critic_loss.detach(),
+            q_data=q_data.mean().detach(),
+            td_target=td_target.mean().detach(),
+            mc_returns=batch.mc_returns.mean().detach(),
         )
         return metrics

@@ -67,7 +67,10 @@ def test_agent_contract(name, tmp_path):
     # two updates: TD3+BC updates its actor and targets every second one
     for _ in range(2):
         metrics = agent.update(batch)
-        assert metrics and all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), metrics
+        # scalar tensors left on the device, without a graph (read back once per log row)
+        assert metrics and all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad
+                               and math.isfinite(v) for v in metrics.values()), metrics
+        assert {"td_loss_online", "td_loss_offline"} <= set(metrics)  # the batch is half online
     for key, module in heads.items():
         assert _changed(before[key], module), f"{name}: {key} did not change"
     for key, params in targets.items():
@@ -179,7 +182,7 @@ def test_advantage_weights_and_their_clipping():
     # AWAC's exp(A / lambda), lambda 0.5
     assert advantage_weights(torch.tensor([0.5]), 1 / 0.5, 100.0).item() == pytest.approx(math.e)
     loss, metrics = weighted_log_likelihood_loss(torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 3.0]))
-    assert loss.item() == pytest.approx((1 * 1 + 3 * 2) / 2) and metrics["adv_weight_max"] == 3.0
+    assert loss.item() == pytest.approx((1 * 1 + 3 * 2) / 2) and float(metrics["adv_weight_max"]) == 3.0
 
 
 def test_td3bc_actor_loss_normalises_q():
@@ -187,7 +190,7 @@ def test_td3bc_actor_loss_normalises_q():
     data = torch.zeros(2, 2)
     loss, metrics = td3bc_actor_loss(torch.tensor([-2.0, -4.0]), policy, data, 2.5)
     # -2.5 * mean(Q) / mean|Q| = -2.5 * -3 / 3 = 2.5; mean squared error 0.25 / 4
-    assert loss.item() == pytest.approx(2.5 + 0.0625) and metrics["q_scale"] == 3.0
+    assert loss.item() == pytest.approx(2.5 + 0.0625) and float(metrics["q_scale"]) == 3.0
     scaled, _ = td3bc_actor_loss(torch.tensor([-20.0, -40.0]), policy, data, 2.5)
     assert scaled.item() == pytest.approx(loss.item())  # independent of the reward scale
 

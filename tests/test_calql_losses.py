@@ -79,14 +79,17 @@ def test_temperature_and_td_loss():
     assert "td_loss_online" not in metrics
     # split by source: row 0 (offline) errs 1 and 0 over the heads, row 1 (online) 0 and 4
     _, split = td_loss(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([0.0, 2.0]), torch.tensor([0.0, 1.0]))
-    assert split["td_loss_offline"] == pytest.approx(0.5) and split["td_loss_online"] == pytest.approx(2.0)
+    assert float(split["td_loss_offline"]) == pytest.approx(0.5) and float(split["td_loss_online"]) == pytest.approx(2.0)
+    # a batch without online rows: NaN there (skipped by the logged averages), the offline half is all
+    _, offline_only = td_loss(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([0.0, 2.0]), torch.tensor([0.0, 0.0]))
+    assert offline_only["td_loss_online"].isnan() and float(offline_only["td_loss_offline"]) == pytest.approx(1.25)
 
 
 def test_bc_regularizer_scales_with_q_magnitude():
     mean = torch.zeros(2, 3)
     actions = torch.tensor([[0.5, 0.0, 0.0], [0.0, -1.0, 0.0]])
     loss, metrics = bc_regularizer(mean, actions, torch.tensor([-100.0, -300.0]), weight=0.4)
-    assert metrics["bc_mse"] == pytest.approx((0.25 + 1.0) / 2)
+    assert float(metrics["bc_mse"]) == pytest.approx((0.25 + 1.0) / 2)
     assert loss.item() == pytest.approx(0.4 * 200.0 * 0.625)
     scaled, _ = bc_regularizer(mean, actions, torch.tensor([-10.0, -30.0]), weight=0.4)
     assert scaled.item() == pytest.approx(loss.item() / 10)
@@ -96,4 +99,7 @@ def test_bc_regularizer_on_selected_rows():
     mean = torch.zeros(2, 3)
     actions = torch.tensor([[0.5, 0.0, 0.0], [0.0, -1.0, 0.0]])
     loss, metrics = bc_regularizer(mean, actions, torch.tensor([-100.0, -300.0]), 0.4, torch.tensor([True, False]))
-    assert metrics["bc_mse"] == pytest.approx(0.25) and loss.item() == pytest.approx(0.4 * 200.0 * 0.25)
+    assert float(metrics["bc_mse"]) == pytest.approx(0.25) and loss.item() == pytest.approx(0.4 * 200.0 * 0.25)
+    # no selected row in the batch (all online): the term falls back to every row
+    _, fallback = bc_regularizer(mean, actions, torch.tensor([-100.0, -300.0]), 0.4, torch.tensor([False, False]))
+    assert float(fallback["bc_mse"]) == pytest.approx(0.625)

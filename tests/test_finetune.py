@@ -37,12 +37,16 @@ def _rows(path: Path) -> list[dict]:
 def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path):
     run_dir = tmp_path / "run"
     result = _finetune(f"checkpoint={trained}", "env_steps=200", "eval_every=100", "checkpoint_every=100",
-                       "actor_bc_weight=0.5", f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST)
+                       "actor_bc_weight=0.5", "policy_average_tau=0.1", "eval_trained_policy=true",
+                       f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     evals = _rows(run_dir / "eval.csv")
     # the starting point (before any online step), then every eval_every env steps
     assert [int(r["step"]) for r in evals] == [0, 100, 200]
     assert {"success_rate", "return", "episode_length", "cumulative_regret"} <= set(evals[1])
+    # the policy average is evaluated; the trained weights too, on the same episodes
+    assert {"trained_success_rate", "trained_return"} <= set(evals[1])
+    assert evals[0]["trained_return"] == evals[0]["return"]  # before any update they are one policy
     assert evals[0]["cumulative_regret"] == "" and evals[0]["updates"] == "0"  # regret is fine-tuning's only
     assert float(evals[2]["cumulative_regret"]) == pytest.approx(1 - np.mean([float(r["success_rate"]) for r in evals[1:]]))
     # the calibration picture on held-out offline states and on recent online ones
@@ -58,6 +62,8 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
     assert checkpoint["algo"] == checkpoint["config"]["algo"]["name"] == "calql"  # Cal-QL stays calibrated
     recorded = OmegaConf.load(run_dir / "config.yaml")  # the run records what it trained
     assert recorded.algo.name == "calql" and recorded.algo.actor_bc_weight == 0.5 and recorded.algo.cql_num_actions == 2
+    assert recorded.algo.policy_average_tau == 0.1
+    assert any(key.startswith("policy_average.") for key in checkpoint["agent"]["model"])
     # the actor's BC term, switched on from the command line
     train = _rows(run_dir / "train.csv")
     assert {"bound_rate", "bc_mse", "bc_share", "env_steps", "sim_seconds", "learn_seconds"} <= set(train[0])
@@ -91,6 +97,8 @@ def test_from_scratch_without_algo_is_sac_and_says_so(tmp_path):
     ("algo=cql", "error: algo=... cannot be combined with a checkpoint, which brings its own (algo 'calql'); drop the algo override"),
     ("encoder=resnet18", "error: encoder=... cannot be combined with a checkpoint, which brings its own (encoder 'conv')"),
     ("sampling=half", "error: unknown sampling mode 'half'; available: mixed, uniform"),
+    ("eval_trained_policy=true", "error: eval_trained_policy=true compares the policy average with the trained weights, but this run has no average"),
+    ("policy_average_tau=2", "error: policy_average_tau must be in [0, 1], got 2.0"),
 ])
 def test_overrides_a_checkpoint_would_ignore_are_refused(trained, tmp_path, override, message):
     result = _finetune(f"checkpoint={trained}", override, f"hydra.run.dir={tmp_path / 'run'}")

@@ -90,7 +90,7 @@ def test_calql_bound_acts_where_q_lies_below_the_mc_return(mc_return, expected_r
     agent = _agent(CalQLConfig(cql_num_actions=3, backup_num_actions=2, hidden_dim=32), batch)
     metrics = agent.update(batch)
     assert metrics["bound_rate"] == expected_rate
-    assert (metrics["q_current"] == pytest.approx(mc_return)) == (expected_rate == 1.0)  # lifted values are the bound
+    assert (float(metrics["q_current"]) == pytest.approx(mc_return)) == (expected_rate == 1.0)  # lifted values are the bound
     cql = _agent(CQLConfig(cql_num_actions=3, backup_num_actions=2, hidden_dim=32), batch)
     assert "bound_rate" not in cql.update(batch)
 
@@ -125,7 +125,7 @@ def test_sac_skips_the_penalty_and_backs_up_entropy():
     agent = _agent(SACConfig(hidden_dim=16), batch)
     metrics = agent.update(batch)
     assert metrics["cql_loss"] == 0.0 and "cql_gap" not in metrics and "bound_rate" not in metrics
-    assert np.isfinite(metrics["critic_loss"]) and metrics["critic_loss"] == pytest.approx(2 * metrics["td_loss"])
+    assert np.isfinite(float(metrics["critic_loss"])) and float(metrics["critic_loss"]) == pytest.approx(2 * float(metrics["td_loss"]))
 
 
 def test_n_step_discounts_replace_gamma_in_the_td_target():
@@ -139,9 +139,9 @@ def test_n_step_discounts_replace_gamma_in_the_td_target():
     torch.manual_seed(1)
     halved = same.update(dataclasses.replace(batch, discounts=np.full(8, config.gamma / 2, np.float32)))
     # same sampled backup, half the discount: td_target - r halves
-    assert halved["td_target"] + 1 == pytest.approx((one_step["td_target"] + 1) / 2, rel=1e-4)
+    assert float(halved["td_target"]) + 1 == pytest.approx((float(one_step["td_target"]) + 1) / 2, rel=1e-4)
     cut = no_bootstrap.update(dataclasses.replace(batch, discounts=np.zeros(8, np.float32)))
-    assert cut["td_target"] == pytest.approx(float(batch.rewards.mean()))
+    assert float(cut["td_target"]) == pytest.approx(float(batch.rewards.mean()))
 
 
 
@@ -185,7 +185,7 @@ def test_bc_term_imitates_the_rows_it_is_told_to(source):
         mean = agent.actor(agent.encoder({k: torch.from_numpy(v) for k, v in obs.items()}))[0]
     per_row = ((torch.tanh(mean) - torch.from_numpy(batch.actions)) ** 2).sum(-1)
     expected = per_row[:4].mean() if source == "offline" else per_row.mean()
-    assert agent.update(batch)["bc_mse"] == pytest.approx(expected.item(), rel=1e-5)
+    assert float(agent.update(batch)["bc_mse"]) == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="algo.actor_bc_source must be one of all, offline"):
         _agent(CalQLConfig(actor_bc_source="online"), batch)
 

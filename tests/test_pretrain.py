@@ -125,7 +125,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(small_dataset, tmp_
         saved = (tmp_path / "checkpoint.pt").read_bytes()
         workspace.replay.data["rewards"][:] = np.nan
         workspace.cfg.steps = 4
-        with pytest.raises(NonFiniteLossError, match="non-finite critic_loss .* at update 2"):
+        with pytest.raises(NonFiniteLossError, match=r"non-finite critic_loss(, \w+)* in update 3$"):
             workspace.train()
     finally:
         workspace.close()

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from datasets.replay import ReplayBuffer, sample_offline_online
 
@@ -77,21 +78,34 @@ def _constant_buffer(action_value: float, size: int) -> ReplayBuffer:
 @pytest.mark.parametrize("ratio, offline_count", [(0.5, 128), (0.25, 64), (0.0, 0), (1.0, 256)])
 def test_mixing_ratio_is_honoured(ratio, offline_count):
     offline, online = _constant_buffer(1.0, 50), _constant_buffer(-1.0, 50)
-    batch = sample_offline_online(offline, online, 256, np.random.default_rng(0), 0.99, offline_ratio=ratio)
+    batch = sample_offline_online(offline, online, 256, torch.Generator().manual_seed(0), 0.99, offline_ratio=ratio)
     assert batch.actions.shape == (256, 1) and batch.obs["x"].shape == (256, 2) and batch.discounts.shape == (256,)
     assert int((batch.actions == 1.0).sum()) == offline_count
-    np.testing.assert_array_equal(batch.online, (batch.actions[:, 0] == -1.0).astype(np.float32))  # marks the source
+    np.testing.assert_array_equal(batch.online, (batch.actions[:, 0] == -1.0).float())  # marks the source
     empty_online = ReplayBuffer({"x": {"shape": [2], "dtype": "float32"}}, 1, 10, 20)
-    assert (sample_offline_online(offline, empty_online, 32, np.random.default_rng(0), 0.99, offline_ratio=ratio).actions == 1.0).all()
-    assert (sample_offline_online(None, online, 32, np.random.default_rng(0), 0.99, offline_ratio=ratio).actions == -1.0).all()
+    assert (sample_offline_online(offline, empty_online, 32, torch.Generator().manual_seed(0), 0.99, offline_ratio=ratio).actions == 1.0).all()
+    assert (sample_offline_online(None, online, 32, torch.Generator().manual_seed(0), 0.99, offline_ratio=ratio).actions == -1.0).all()
 
 
 def test_uniform_sampling_treats_both_buffers_as_one():
     # 300 offline and 100 online transitions: a uniform draw over the union takes 3/4 offline
     offline, online = _constant_buffer(1.0, 300), _constant_buffer(-1.0, 100)
-    rng = np.random.default_rng(0)
-    shares = [float((sample_offline_online(offline, online, 256, rng, 0.99, mode="uniform").actions == 1.0).mean())
-              for _ in range(50)]
+    rng = torch.Generator().manual_seed(0)
+    batches = [sample_offline_online(offline, online, 256, rng, 0.99, mode="uniform") for _ in range(50)]
+    shares = [float((batch.actions == 1.0).float().mean()) for batch in batches]
     assert np.mean(shares) == pytest.approx(0.75, abs=0.01) and np.std(shares) > 0  # random, not a fixed split
+    for batch in batches[:5]:  # every row comes whole from its buffer, and says which
+        np.testing.assert_array_equal(batch.online, (batch.actions[:, 0] == -1.0).float())
+        np.testing.assert_array_equal(batch.mc_returns, torch.zeros(256))
     with pytest.raises(ValueError, match="unknown sampling mode 'half'"):
         sample_offline_online(offline, online, 8, rng, 0.99, mode="half")
+
+
+def test_the_same_generator_state_draws_the_same_batch(replay):
+    first = replay.sample(16, torch.Generator().manual_seed(3), 0.9, n_step=2)
+    again = replay.sample(16, torch.Generator().manual_seed(3), 0.9, n_step=2)
+    other = replay.sample(16, torch.Generator().manual_seed(4), 0.9, n_step=2)
+    assert isinstance(first.rewards, torch.Tensor) and first.rewards.device == replay.device
+    torch.testing.assert_close(first.rewards, again.rewards)
+    torch.testing.assert_close(first.obs["agentview_image"], again.obs["agentview_image"])
+    assert not torch.equal(first.obs["robot0_eef_pos"], other.obs["robot0_eef_pos"])

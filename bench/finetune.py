@@ -1,0 +1,81 @@
+"""End-to-end fine-tuning throughput: ``python -m bench.finetune [--checkpoint PATH] [--env-steps 1000]``.
+
+Runs the real fine-tuning loop (parallel sim workers, episodes into the device-resident online
+buffer, UTD updates on batches mixing offline and online data) in a temporary run directory,
+without evaluations or videos, and prints env steps/s and how the time splits between
+simulation and learning. From ``--checkpoint`` it fine-tunes that policy; without one it starts
+a reference Cal-QL agent from scratch, mixing in the default dataset (made first if missing).
+Start-up (sim workers, the first batches, compiling with ``--compile``) is left out: the
+timed steps follow ``--warmup-steps`` untimed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import torch  # noqa: E402
+
+from policy.algorithms import REGISTRY, lookup  # noqa: E402
+from policy.config import DatasetConfig, FinetuneConfig  # noqa: E402
+from policy.finetune import Workspace  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="a pretrained checkpoint (default: a new agent of --algo)")
+    parser.add_argument("--algo", default="calql", help=f"without a checkpoint: one of {', '.join(REGISTRY)}")
+    parser.add_argument("--env-steps", type=int, default=1000, help="timed env steps, after the warm-up")
+    parser.add_argument("--warmup-steps", type=int, default=200, help="untimed env steps first")
+    parser.add_argument("--num-envs", type=int, default=0, help="sim workers (0: one per CPU core but one, at least 2)")
+    parser.add_argument("--utd", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--compile", action="store_true", help="the networks through torch.compile")
+    parser.add_argument("--dataset", help="offline data to mix in (default: the checkpoint's, or the default dataset)")
+    args = parser.parse_args()
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        parser.error(f"checkpoint not found: {args.checkpoint}")
+    config = FinetuneConfig(
+        checkpoint=args.checkpoint, algo=None if args.checkpoint else lookup(args.algo).config(),
+        dataset=DatasetConfig(path=args.dataset), env_steps=args.env_steps, utd=args.utd, batch_size=args.batch_size,
+        eval_every=10 * (args.env_steps + args.warmup_steps), eval_at_start=False, eval_episodes=1, eval_workers=1, video=False,
+        checkpoint_every=10 * (args.env_steps + args.warmup_steps), log_every=10**9, device=args.device, threads=args.threads,
+        compile=args.compile, num_envs=args.num_envs,
+    )
+    with tempfile.TemporaryDirectory() as run_dir:
+        workspace = Workspace(config, Path(run_dir))
+        # the loop alone: no evaluation episodes, no checkpoint writes
+        workspace.evaluate = lambda before_training=False: {"success_rate": float("nan"), "cumulative_regret": float("nan")}
+        workspace.save = lambda: None
+        try:
+            # start-up (sim workers, the first batches, compiling) is timed apart
+            config.env_steps = args.warmup_steps
+            start = time.perf_counter()
+            workspace.train()
+            warmup = time.perf_counter() - start
+            config.env_steps = args.warmup_steps + args.env_steps
+            first_step, first_update = workspace.env_steps, workspace.updates
+            start = time.perf_counter()
+            result = workspace.train()
+            wall = time.perf_counter() - start
+        finally:
+            workspace.close()
+    device = workspace.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    steps, updates = workspace.env_steps - first_step, workspace.updates - first_update
+    sim, learn = result["sim_seconds"], result["learn_seconds"]
+    print(f"{workspace.algo} on {name} ({torch.get_num_threads()} threads), {config.num_envs} sim workers, "
+          f"UTD {args.utd}, batch {args.batch_size}{', compiled' if args.compile else ''}; "
+          f"warm-up {workspace.env_steps - steps} env steps in {warmup:.1f} s")
+    print(f"{steps} env steps, {updates} updates in {wall:.1f} s: {steps / wall:.1f} env steps/s, {updates / wall:.1f} updates/s; "
+          f"simulation {sim:.1f} s ({100 * sim / wall:.0f}%), learning {learn:.1f} s ({100 * learn / wall:.0f}%)")
+
+if __name__ == "__main__":
+    main()

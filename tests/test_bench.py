@@ -1,0 +1,34 @@
+"""The benchmarks run and print their figures (tiny sizes; the figures themselves are not tested)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_update_benchmark_prints_a_row_per_configuration():
+    result = _run("-m", "bench.update", "--algos", "td3bc,iql", "--modes", "eager", "--batch-sizes", "8,16",
+                  "--image-sizes", "32", "--seconds", "0.3", "--threads", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if re.match(r"(td3bc|iql)\s+cpu\s+eager", line)]
+    assert [(row[0], int(row[3])) for row in rows] == [("td3bc", 8), ("td3bc", 16), ("iql", 8), ("iql", 16)]
+    assert all(float(row[5]) > 0 and float(row[6]) > 0 for row in rows)  # updates/s, GFLOP per update
+    bad = _run("-m", "bench.update", "--modes", "fast")
+    assert bad.returncode == 2 and "--modes takes eager and/or compiled" in bad.stderr
+
+
+def test_finetune_benchmark_reports_rate_and_split(trained, small_dataset):
+    result = _run("-m", "bench.finetune", "--checkpoint", str(trained), "--dataset", str(small_dataset),
+                  "--env-steps", "100", "--warmup-steps", "10", "--num-envs", "2", "--batch-size", "16", "--threads", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    match = re.search(r"(\d+) env steps, (\d+) updates in [\d.]+ s: ([\d.]+) env steps/s.*simulation [\d.]+ s \((\d+)%\), "
+                      r"learning [\d.]+ s \((\d+)%\)", result.stdout)
+    assert match, result.stdout
+    steps, updates, rate = int(match[1]), int(match[2]), float(match[3])
+    assert steps >= 100 and updates > 0 and rate > 0 and int(match[4]) + int(match[5]) <= 100
