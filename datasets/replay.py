@@ -84,10 +84,10 @@ def is_image(spec: dict[str, Any]) -> bool:
     return spec["dtype"] == "uint8" and len(spec["shape"]) == 3
 
 
-def obs_spec_of(obs: dict[str, np.ndarray], batched: bool = True) -> ObsSpec:
-    """The observation spec of a (batched) observation dict."""
+def obs_spec_of(obs: dict[str, Array], batched: bool = True) -> ObsSpec:
+    """The observation spec of a (batched) observation dict of arrays or tensors."""
     return {
-        key: {"shape": list(value.shape[1:] if batched else value.shape), "dtype": str(value.dtype)}
+        key: {"shape": list(value.shape[1:] if batched else value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
         for key, value in obs.items()
     }
 

@@ -87,8 +87,10 @@ class FinetuneConfig:
     actor_bc_source: Optional[str] = None  # all | offline: the rows the BC term imitates; null: the checkpoint's
     actor_lr: Optional[float] = None  # the actor's learning rate online; null: the checkpoint's
     # Rate of the moving average of the policy that is evaluated and exported (algo's
-    # policy_average_tau); null: the checkpoint's. A new average starts from the pretrained policy.
-    policy_average_tau: Optional[float] = None
+    # policy_average_tau; about the last 1/tau updates); null: the checkpoint's, 0: none. A new
+    # average starts from the pretrained policy. With sampling=uniform, what keeps image
+    # fine-tuning from unlearning (docs/results/finetune_average).
+    policy_average_tau: Optional[float] = 0.001
     # Exploration noise online relative to the policy's own (the SAC family's sampled standard
     # deviation, TD3+BC's Gaussian noise): 1 explores as trained, 0 acts deterministically.
     exploration_scale: float = 1.0
@@ -98,7 +100,9 @@ class FinetuneConfig:
     env_steps: int = 10000
     num_envs: int = 0  # parallel sim workers collecting episodes; 0: one per CPU core but one, at least 2
     utd: float = 1.0  # gradient updates per env step, applied when an episode ends
-    sampling: str = "mixed"  # mixed: mixing_ratio per batch; uniform: one buffer of both (AWAC)
+    # mixed: mixing_ratio per batch (Cal-QL's protocol); uniform: one buffer of both (AWAC's), so
+    # the online share grows with the online data (docs/results/finetune_average)
+    sampling: str = "uniform"
     mixing_ratio: float = 0.5  # share of each batch drawn from the offline data (sampling=mixed)
     batch_size: int = 256
     eval_every: int = 2000  # env steps

@@ -86,7 +86,8 @@ def test_a_run_killed_after_pretraining_continues_without_redoing_it(small_datas
     assert result["steps_to_90pct_final"] in (0, 100, 200, 300, 400)
     assert result["algo"] == "calql" and result["protocol"] == "tiny" and result["pretrain_updates"] == 4
     assert result["obs_keys"] == ["robot0_eef_pos", "robot0_gripper_qpos", "object"]
-    assert result["finetune"]["utd"] == 1.0 and result["finetune"]["sampling"] == "mixed"
+    assert result["finetune"]["utd"] == 1.0 and result["finetune"]["sampling"] == "uniform"  # the defaults
+    assert result["deviations"]["policy_average_tau"] == {"reference": 0.0, "pretrain": 0.0, "finetune": 0.001}
     assert result["deviations"]["hidden_dim"] == {"reference": 256, "pretrain": 32, "finetune": 32}
     assert all(seconds > 0 for seconds in result["wall_seconds"].values()) and result["commit"]
     assert result["commands"]["pretrain"].startswith("python -m policy.pretrain algo=calql seed=0")
@@ -147,7 +148,9 @@ def test_every_protocol_composes_both_stages_for_every_algorithm(tmp_path):
                 stages = {stage: compose_stage(stage, stage_overrides(config, stage, tmp_path, 1), protocol) for stage in STAGES}
                 assert stages["pretrain"].algo.name == algo and stages["finetune"].checkpoint == str(tmp_path / "pretrain" / "checkpoint.pt")
                 # AWAC and IQL fine-tune on one buffer, as in their papers; the others mix
-                assert stages["finetune"].sampling == ("uniform" if algo in ("awac", "iql") else "mixed")
+                reference = protocol != "image_cpu"  # image_cpu takes fine-tuning's defaults for images
+                assert stages["finetune"].sampling == ("uniform" if algo in ("awac", "iql") or not reference else "mixed")
+                assert stages["finetune"].policy_average_tau == (0.0 if reference else 0.001)
                 if protocol == "lowdim":  # reference values: no preset deviation
                     assert stages["pretrain"].algo == REGISTRY[algo].config()
                     assert stages["pretrain"].dataset.obs_keys == ["robot0_eef_pos", "robot0_gripper_qpos", "object"]

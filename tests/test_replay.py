@@ -109,3 +109,11 @@ def test_the_same_generator_state_draws_the_same_batch(replay):
     torch.testing.assert_close(first.rewards, again.rewards)
     torch.testing.assert_close(first.obs["agentview_image"], again.obs["agentview_image"])
     assert not torch.equal(first.obs["robot0_eef_pos"], other.obs["robot0_eef_pos"])
+
+
+def test_obs_spec_is_the_same_for_arrays_and_tensors():
+    from datasets.replay import obs_spec_of
+
+    obs = {"agentview_image": np.zeros((2, 4, 4, 3), np.uint8), "robot0_eef_pos": np.zeros((2, 3), np.float32)}
+    expected = {"agentview_image": {"shape": [4, 4, 3], "dtype": "uint8"}, "robot0_eef_pos": {"shape": [3], "dtype": "float32"}}
+    assert obs_spec_of(obs) == obs_spec_of({k: torch.from_numpy(v) for k, v in obs.items()}) == expected
