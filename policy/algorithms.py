@@ -6,7 +6,7 @@ Entry points, checkpoints and export build agents only through :func:`make_agent
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -63,6 +63,12 @@ def algo_config(values: dict[str, Any]) -> AlgoConfig:
     if unknown:
         raise ValueError(f"algo {values['name']!r} has no field(s) {unknown}")
     return algorithm.config(**values)
+
+
+def with_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``algo`` mapping with every field of its config, the ones added since it was
+    saved at their defaults: what the run used, comparable with a current config."""
+    return asdict(algo_config(values))
 
 
 def make_agent(config: AlgoConfig, obs_spec: ObsSpec, action_dim: int, encoder_config: EncoderConfig,

@@ -42,7 +42,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from datasets.atomic import write_bytes_atomically  # noqa: E402
 from policy import finetune, pretrain  # noqa: E402
-from policy.algorithms import REGISTRY, check_config, lookup  # noqa: E402
+from policy.algorithms import REGISTRY, check_config, lookup, with_defaults  # noqa: E402
 from policy.config import ExperimentConfig, FinetuneConfig, PretrainConfig  # noqa: E402
 from policy.pretrain import PROJECT_ROOT  # noqa: E402
 from policy.results import DECIMALS, FIGURES, read_csv, run_figures  # noqa: E402
@@ -180,7 +180,9 @@ def open_run_dir(run_dir: Path, definition: dict[str, Any], resume: bool, overwr
             (run_dir / name).unlink(missing_ok=True)
     if path.is_file():
         state = json.loads(path.read_text())
-        saved, current = flatten(state["definition"]), flatten(definition)
+        # algorithm fields added since the run was recorded count at their defaults
+        recorded, current = ({**d, "algo": with_defaults(d["algo"])} if "algo" in d else d for d in (state["definition"], definition))
+        saved, current = flatten(recorded), flatten(current)
         differ = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
         if differ:
             raise ValueError(f"{run_dir} holds an experiment whose {', '.join(differ)} differ from this command's "

@@ -28,7 +28,7 @@ import sim  # noqa: E402
 from datasets.offline import file_obs_spec, load_replay  # noqa: E402
 from datasets.replay import ObsSpec, is_image  # noqa: E402
 from datasets.robomimic_hdf5 import read_env_args  # noqa: E402
-from policy.algorithms import check_config, make_agent  # noqa: E402
+from policy.algorithms import check_config, make_agent, with_defaults  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import DatasetConfig, EnvConfig, PretrainConfig  # noqa: E402
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
@@ -157,6 +157,7 @@ class Workspace:
 
     def _check_same_run(self, saved: dict[str, Any]) -> None:
         current = OmegaConf.to_container(OmegaConf.structured(self.cfg), resolve=True)
+        saved = {**saved, "algo": with_defaults(saved["algo"])} if "algo" in saved else saved  # fields added since
         differ = [key for key in RUN_DEFINING if current[key] != saved.get(key)]
         if differ:
             raise ValueError(f"resume=true: this command's {', '.join(differ)} differ from the run in {self.run_dir}; "

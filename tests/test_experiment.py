@@ -113,6 +113,22 @@ def test_a_directory_holding_another_run_is_refused(tmp_path):
         open_run_dir(tmp_path, definition, resume=True, overwrite=True)
 
 
+def test_a_run_recorded_before_an_algorithm_field_existed_continues(tmp_path):
+    from dataclasses import asdict
+
+    from policy.algorithms import with_defaults
+    from policy.calql import CalQLConfig
+
+    older = asdict(CalQLConfig())
+    del older["policy_average_tau"]  # a field added after the run started
+    assert with_defaults(older) == asdict(CalQLConfig())
+    definition = {"algo": asdict(CalQLConfig()), "seed": 0, "protocol": {"name": "lowdim"}}
+    (tmp_path / "experiment.json").write_text(json.dumps({"definition": {**definition, "algo": older}, "stages": {}}))
+    assert open_run_dir(tmp_path, definition, resume=True, overwrite=False)["stages"] == {}
+    with pytest.raises(ValueError, match="algo.cql_alpha differ"):
+        open_run_dir(tmp_path, {**definition, "algo": asdict(CalQLConfig(cql_alpha=1.0))}, resume=True, overwrite=False)
+
+
 def test_unknown_algorithm_or_protocol_is_one_line_before_hydra(tmp_path):
     algorithm = _experiment("-m", "algo=calql,nope", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
     assert algorithm.returncode == 2 and algorithm.stderr.strip().startswith("error: unknown algorithm 'nope'; registered:")
