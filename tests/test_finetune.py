@@ -97,11 +97,11 @@ def test_from_scratch_without_algo_is_sac_and_says_so(tmp_path):
     ("algo=cql", "error: algo=... cannot be combined with a checkpoint, which brings its own (algo 'calql'); drop the algo override"),
     ("encoder=resnet18", "error: encoder=... cannot be combined with a checkpoint, which brings its own (encoder 'conv')"),
     ("sampling=half", "error: unknown sampling mode 'half'; available: mixed, uniform"),
-    ("eval_trained_policy=true", "error: eval_trained_policy=true compares the policy average with the trained weights, but this run has no average"),
+    ("policy_average_tau=0 eval_trained_policy=true", "error: eval_trained_policy=true compares the policy average with the trained weights, but this run has no average"),
     ("policy_average_tau=2", "error: policy_average_tau must be in [0, 1], got 2.0"),
 ])
 def test_overrides_a_checkpoint_would_ignore_are_refused(trained, tmp_path, override, message):
-    result = _finetune(f"checkpoint={trained}", override, f"hydra.run.dir={tmp_path / 'run'}")
+    result = _finetune(f"checkpoint={trained}", *override.split(), f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
