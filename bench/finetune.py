@@ -71,7 +71,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     steps, updates = workspace.env_steps - first_step, workspace.updates - first_update
     sim, learn = result["sim_seconds"], result["learn_seconds"]
-    print(f"{workspace.algo} on {name} ({torch.get_num_threads()} threads), {config.num_envs} sim workers, "
+    print(f"{workspace.algo} on {name} ({torch.get_num_threads()} threads), {config.num_envs} sim workers rendering with {workspace.renderer}, "
           f"UTD {args.utd}, batch {args.batch_size}{', compiled' if args.compile else ''}; "
           f"warm-up {workspace.env_steps - steps} env steps in {warmup:.1f} s")
     print(f"{steps} env steps, {updates} updates in {wall:.1f} s: {steps / wall:.1f} env steps/s, {updates / wall:.1f} updates/s; "

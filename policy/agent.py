@@ -171,6 +171,15 @@ class Agent(nn.Module):
             group["lr"] = lr
         self.config.actor_lr = lr
 
+    @property
+    def _fused_adam(self) -> bool | None:
+        return True if self.device.type == "cuda" else None
+
+    def adam(self, parameters: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
+        """Adam for parameters on this agent's device; on CUDA its fused kernel (one launch
+        for all of them instead of several per tensor: updates there are launch-bound)."""
+        return torch.optim.Adam(parameters, lr=lr, fused=self._fused_adam)
+
     def compile_networks(self) -> None:
         """Run every network's forward and backward pass through ``torch.compile`` (fused
         kernels; the optimiser steps and the update's Python stay eager). Weights, state dicts
@@ -251,4 +260,6 @@ class Agent(nn.Module):
             raise ValueError(f"optimiser states {sorted(state['optimizers'])} do not match this agent's {sorted(self.optimizers)}")
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
+            for group in optimizer.param_groups:  # the kernel suits this device, not the saving one
+                group["fused"] = self._fused_adam
         self.num_updates = self._checked_updates = int(state["num_updates"])

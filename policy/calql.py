@@ -174,12 +174,12 @@ class CalQLAgent(Agent):
         self.to(self.device)
         actor_encoder_parameters = list(self.actor_encoder.parameters()) if self.actor_encoder else []
         self.optimizers = {
-            "critic": torch.optim.Adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr),
-            "actor": torch.optim.Adam([*self.actor.parameters(), *actor_encoder_parameters], lr=config.actor_lr),
-            "entropy_alpha": torch.optim.Adam([self.log_entropy_alpha], lr=config.alpha_lr),
+            "critic": self.adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr),
+            "actor": self.adam([*self.actor.parameters(), *actor_encoder_parameters], lr=config.actor_lr),
+            "entropy_alpha": self.adam([self.log_entropy_alpha], lr=config.alpha_lr),
         }
         if self.conservative and config.cql_lagrange:
-            self.optimizers["cql_alpha"] = torch.optim.Adam([self.log_cql_alpha], lr=config.critic_lr)
+            self.optimizers["cql_alpha"] = self.adam([self.log_cql_alpha], lr=config.critic_lr)
 
     # --------------------------------------------------------------------------- learning
     def learn(self, batch: Batch) -> Metrics:

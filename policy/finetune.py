@@ -42,6 +42,7 @@ from policy.evaluation import Evaluator, calibration_batch, calibration_metrics 
 from policy.logger import MetricLogger, MetricWindow  # noqa: E402
 from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path  # noqa: E402
 from policy.run import WallClock, check_command_line, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
+from sim.rendering import prepare_rendering  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Workspace:
         self.cfg, self.run_dir = cfg, run_dir
         self.device = resolve_device(cfg.device)
         prepare_device(self.device)
+        self.renderer = prepare_rendering(self.device)  # before any sim worker starts: they inherit it
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)

@@ -65,9 +65,9 @@ class IQLAgent(Agent):
         self.actor = TanhGaussianActor(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.to(self.device)
         self.optimizers = {
-            "critic": torch.optim.Adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr),
-            "value": torch.optim.Adam(self.value.parameters(), lr=config.value_lr),
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
+            "critic": self.adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr),
+            "value": self.adam(self.value.parameters(), lr=config.value_lr),
+            "actor": self.adam(self.actor.parameters(), lr=config.actor_lr),
         }
 
     def learn(self, batch: Batch) -> Metrics:

@@ -34,6 +34,7 @@ from policy.config import DatasetConfig, EnvConfig, PretrainConfig  # noqa: E402
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
 from policy.logger import MetricLogger, MetricWindow  # noqa: E402
 from policy.run import WallClock, check_command_line, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
+from sim.rendering import prepare_rendering  # noqa: E402
 from sim.robosuite_tasks import ROBOSUITE_NAMES  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +153,7 @@ class Workspace:
         # On resume, rows the interrupted run logged after its last checkpoint are dropped.
         resume_steps = {stream: self.step for stream in ("train", "eval")} if resumed else None
         self.logger = MetricLogger(run_dir, resume_steps, purge_step=self.step + 1 if resumed else None)
+        prepare_rendering(self.device)  # before the evaluation workers start: they inherit it
         self.evaluator = Evaluator(cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
 

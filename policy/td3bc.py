@@ -57,8 +57,8 @@ class TD3BCAgent(Agent):
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.to(self.device)
         self.optimizers = {
-            "critic": torch.optim.Adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr),
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
+            "critic": self.adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr),
+            "actor": self.adam(self.actor.parameters(), lr=config.actor_lr),
         }
 
     def explore(self, features: torch.Tensor) -> torch.Tensor:

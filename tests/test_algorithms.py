@@ -157,6 +157,24 @@ def test_actor_learning_rate_can_change_and_is_recorded(name):
     assert clone.optimizers["actor"].param_groups[0]["lr"] == 2e-5
 
 
+def test_optimisers_use_the_kernel_of_the_device_they_run_on():
+    """Adam is fused on CUDA only; a state saved on CUDA (fused) resumes on the CPU unfused."""
+    batch = _image_batch()
+    agent = make_agent(_small_config("calql"), obs_spec_of(batch.obs), 4, SMALL_ENCODER)
+    assert all(group["fused"] is None for optimizer in agent.optimizers.values() for group in optimizer.param_groups)
+    state = copy.deepcopy(agent.training_state())
+    for optimizer_state in state["optimizers"].values():
+        for group in optimizer_state["param_groups"]:
+            group["fused"] = True  # as written by an agent on CUDA
+    agent.load_training_state(state)
+    assert all(group["fused"] is None for optimizer in agent.optimizers.values() for group in optimizer.param_groups)
+    agent.update(batch)
+    if torch.cuda.is_available():
+        on_cuda = make_agent(_small_config("calql"), obs_spec_of(batch.obs), 4, SMALL_ENCODER, device="cuda")
+        assert all(group["fused"] for optimizer in on_cuda.optimizers.values() for group in optimizer.param_groups)
+        on_cuda.update(batch)
+
+
 def test_config_must_match_the_name_it_carries():
     check_config(CalQLConfig())
     with pytest.raises(ValueError, match="algo.name=calql contradicts the CQLConfig settings"):

@@ -32,3 +32,4 @@ def test_finetune_benchmark_reports_rate_and_split(trained, small_dataset):
     assert match, result.stdout
     steps, updates, rate = int(match[1]), int(match[2]), float(match[3])
     assert steps >= 100 and updates > 0 and rate > 0 and int(match[4]) + int(match[5]) <= 100
+    assert re.search(r"2 sim workers rendering with \S+", result.stdout), result.stdout
