@@ -296,7 +296,8 @@ def write_report(runs: list[Run], missing: list[tuple[str, str, int]], directori
             lines.append(f"| {row['algo']} | {row['seeds']} ({row['seed_list']}) | "
                          + " | ".join(formatted(row, key, decimals) for key, _, decimals in COLUMNS) + " |")
         lines += ["", "Mean ± sample standard deviation over seeds (minimum and maximum in summary.csv). Pretrained "
-                  "success: the last pretraining evaluation; final: the last fine-tuning evaluation; unlearning dip: "
+                  "success: fine-tuning's evaluation before its first online step (the last pretraining evaluation "
+                  "for runs without one); final: the last fine-tuning evaluation; unlearning dip: "
                   "the lowest success in the first quarter of fine-tuning minus the pretrained success; cumulative "
                   "regret: the mean of 1 - success over the fine-tuning evaluations; env steps to 90% of final: the "
                   "first fine-tuning evaluation (0: the pretrained policy) at 90% of the final success or more; wall "
