@@ -111,6 +111,7 @@ class Workspace:
         self.run_dir = run_dir
         self.device = resolve_device(cfg.device)
         prepare_device(self.device)
+        prepare_rendering(self.device)  # before any evaluation worker starts: they inherit it
         resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
         resumed = load_checkpoint(resume_path, self.device) if resume_path else None
         if resumed is not None:
@@ -153,7 +154,6 @@ class Workspace:
         # On resume, rows the interrupted run logged after its last checkpoint are dropped.
         resume_steps = {stream: self.step for stream in ("train", "eval")} if resumed else None
         self.logger = MetricLogger(run_dir, resume_steps, purge_step=self.step + 1 if resumed else None)
-        prepare_rendering(self.device)  # before the evaluation workers start: they inherit it
         self.evaluator = Evaluator(cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
 

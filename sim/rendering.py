@@ -55,6 +55,8 @@ def renderer_name() -> str:
         name = GL.glGetString(GL.GL_RENDERER)
     finally:
         context.free()
+    if not name:  # e.g. GLFW without a display: no context was made, and rendering would fail
+        raise RuntimeError("no OpenGL context could be created")
     return name.decode() if isinstance(name, bytes) else str(name)
 
 

@@ -1,4 +1,5 @@
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,16 @@ def test_cli_bad_input_fails_before_training(small_dataset, tmp_path, args, mess
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_cli_without_offscreen_rendering_fails_before_any_work(small_dataset, tmp_path):
+    environment = {key: value for key, value in os.environ.items() if key != "DISPLAY"}
+    result = subprocess.run([sys.executable, "-m", "policy.pretrain", f"dataset.path={small_dataset}",
+                             f"hydra.run.dir={tmp_path / 'run'}", *FAST], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env={**environment, "MUJOCO_GL": "glfw"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: offscreen rendering does not work here (MUJOCO_GL=glfw)" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "train.csv").exists()
 
 
 @pytest.mark.parametrize(
