@@ -125,6 +125,9 @@ class ObservationEncoder(nn.Module):
         self.register_buffer("lowdim_mean", torch.zeros(lowdim))
         self.register_buffer("lowdim_std", torch.ones(lowdim))
         self.to(memory_format=torch.channels_last)
+        # Image trunks under bfloat16 autocast (a training-speed setting, not part of the
+        # weights: checkpoints and exported policies compute in float32).
+        self.bf16 = False
 
     @staticmethod
     def preprocess(images: torch.Tensor) -> torch.Tensor:
@@ -137,7 +140,9 @@ class ObservationEncoder(nn.Module):
             images = self.preprocess(obs[key])
             if augment and self.config.augment_pad > 0:
                 images = random_shift(images, self.config.augment_pad).contiguous(memory_format=torch.channels_last)
-            parts.append(self.trunks[key](images))
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                features = self.trunks[key](images)
+            parts.append(features.float())
         if self.lowdim_keys:
             lowdim = torch.cat([obs[key].float().flatten(1) for key in self.lowdim_keys], dim=-1)
             parts.append((lowdim - self.lowdim_mean) / self.lowdim_std)

@@ -114,6 +114,7 @@ class Agent(nn.Module):
         self.policy_average: nn.ModuleDict | None = None
         # Scale of the exploration noise when acting online (1: the policy's own)
         self.exploration_scale = 1.0
+        self._cuda_graphs = False
 
     # ----------------------------------------------------------------------------- acting
     @property
@@ -180,12 +181,22 @@ class Agent(nn.Module):
         for all of them instead of several per tensor: updates there are launch-bound)."""
         return torch.optim.Adam(parameters, lr=lr, fused=self._fused_adam)
 
-    def compile_networks(self) -> None:
+    def compile_networks(self, cuda_graphs: bool = False) -> None:
         """Run every network's forward and backward pass through ``torch.compile`` (fused
         kernels; the optimiser steps and the update's Python stay eager). Weights, state dicts
-        and checkpoints are those of the eager networks."""
+        and checkpoints are those of the eager networks. ``cuda_graphs``: on CUDA each compiled
+        network replays as a CUDA graph per input shape (torch's ``reduce-overhead`` mode: one
+        launch instead of dozens, what a small network's update is bound by)."""
+        self._cuda_graphs = cuda_graphs
         for module in self.children():
-            module.compile()
+            module.compile(mode="reduce-overhead" if cuda_graphs else None)
+
+    def set_encoder_bf16(self, enabled: bool) -> None:
+        """Run the image trunks of every encoder under bfloat16 autocast (their features, the
+        heads, losses and optimiser states stay float32)."""
+        for module in self.modules():
+            if isinstance(module, ObservationEncoder):
+                module.bf16 = enabled
 
     def freeze_encoders(self) -> None:
         """Stop training the observation encoder(s): no gradient reaches them (nor is computed
@@ -200,6 +211,9 @@ class Agent(nn.Module):
         averaging = self.config.policy_average_tau > 0
         if averaging and self.policy_average is None:
             self._make_policy_average()  # from the policy before this update
+        if self._cuda_graphs:
+            # A new training step: outputs of the previous step's graph replays may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         metrics = self.learn(batch)
         if averaging:
             soft_update(self.policy_average["encoder"], self.policy_encoder, self.config.policy_average_tau)

@@ -63,6 +63,8 @@ class PretrainConfig:
     device: str = "auto"  # auto: CUDA when present, else CPU
     threads: int = 0  # torch CPU threads; 0: one per core
     compile: bool = False  # the networks through torch.compile (a minute or more of compiling first)
+    cuda_graphs: bool = False  # with compile on CUDA: the compiled networks replay as CUDA graphs
+    encoder_bf16: bool = False  # image trunks under bfloat16 autocast (CUDA; CPUs with AVX512-BF16 or AMX)
     resume: bool = False  # continue the run in the run directory from its checkpoint.pt
     overwrite: bool = False  # start over in a run directory that already holds a run (deletes it)
 
@@ -125,6 +127,8 @@ class FinetuneConfig:
     device: str = "auto"
     threads: int = 0
     compile: bool = False  # the networks through torch.compile (a minute or more of compiling first)
+    cuda_graphs: bool = False  # with compile on CUDA: the compiled networks replay as CUDA graphs
+    encoder_bf16: bool = False  # image trunks under bfloat16 autocast (CUDA; CPUs with AVX512-BF16 or AMX)
 
 
 ConfigStore.instance().store(name="finetune_schema", node=FinetuneConfig)

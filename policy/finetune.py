@@ -41,7 +41,7 @@ from policy.config import FinetuneConfig  # noqa: E402
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
 from policy.logger import MetricLogger, MetricWindow  # noqa: E402
 from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path  # noqa: E402
-from policy.run import WallClock, check_command_line, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
+from policy.run import WallClock, check_command_line, check_speed_options, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
 from sim.rendering import prepare_rendering  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class Workspace:
             raise ValueError(f"utd must be positive, got {cfg.utd}")
         self.cfg, self.run_dir = cfg, run_dir
         self.device = resolve_device(cfg.device)
+        check_speed_options(cfg.compile, cfg.cuda_graphs, cfg.encoder_bf16, self.device)
         prepare_device(self.device)
         self.renderer = prepare_rendering(self.device)  # before any sim worker starts: they inherit it
         if cfg.threads > 0:
@@ -128,8 +129,9 @@ class Workspace:
         if not cfg.exploration_scale >= 0:
             raise ValueError(f"exploration_scale must be >= 0, got {cfg.exploration_scale}")
         self.agent.exploration_scale = cfg.exploration_scale
+        self.agent.set_encoder_bf16(cfg.encoder_bf16)
         if cfg.compile:
-            self.agent.compile_networks()
+            self.agent.compile_networks(cfg.cuda_graphs)
         if action_dim != self.agent.action_dim:
             raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
         probe.close()

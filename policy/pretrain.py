@@ -33,7 +33,7 @@ from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, sav
 from policy.config import DatasetConfig, EnvConfig, PretrainConfig  # noqa: E402
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
 from policy.logger import MetricLogger, MetricWindow  # noqa: E402
-from policy.run import WallClock, check_command_line, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
+from policy.run import WallClock, check_command_line, check_speed_options, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
 from sim.rendering import prepare_rendering  # noqa: E402
 from sim.robosuite_tasks import ROBOSUITE_NAMES  # noqa: E402
 
@@ -110,6 +110,7 @@ class Workspace:
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = resolve_device(cfg.device)
+        check_speed_options(cfg.compile, cfg.cuda_graphs, cfg.encoder_bf16, self.device)
         prepare_device(self.device)
         prepare_rendering(self.device)  # before any evaluation worker starts: they inherit it
         resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
@@ -149,8 +150,9 @@ class Workspace:
         self.last_eval: dict[str, float] = {}
         if resumed is not None:
             self._restore(resumed)
+        self.agent.set_encoder_bf16(cfg.encoder_bf16)
         if cfg.compile:
-            self.agent.compile_networks()
+            self.agent.compile_networks(cfg.cuda_graphs)
         # On resume, rows the interrupted run logged after its last checkpoint are dropped.
         resume_steps = {stream: self.step for stream in ("train", "eval")} if resumed else None
         self.logger = MetricLogger(run_dir, resume_steps, purge_step=self.step + 1 if resumed else None)

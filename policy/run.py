@@ -46,6 +46,16 @@ def prepare_device(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def check_speed_options(compile: bool, cuda_graphs: bool, encoder_bf16: bool, device: torch.device) -> None:
+    """One clear error for a speed setting that cannot apply to training on ``device``."""
+    if cuda_graphs and not compile:
+        raise ValueError("cuda_graphs=true replays the compiled networks; set compile=true as well")
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs=true needs a CUDA device, this run trains on {device.type}; drop cuda_graphs")
+    if encoder_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"encoder_bf16=true but {torch.cuda.get_device_name(device)} has no bfloat16; drop encoder_bf16")
+
+
 def check_writable(directory: Path) -> None:
     """Create ``directory`` if needed and write a file in it; one clear error if that fails."""
     try:

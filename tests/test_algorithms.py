@@ -145,6 +145,30 @@ def test_frozen_encoder_stays_while_the_heads_learn(name):
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
+def test_bf16_encoder_updates_track_float32_ones(name):
+    """encoder_bf16: every encoder (the actor's own too) computes in bfloat16; the losses of the
+    first updates stay within bfloat16's rounding of the float32 agent's, the weights float32."""
+    batch = _image_batch(size=32).to_torch("cpu")
+    agents = []
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        agent = make_agent(_small_config(name), obs_spec_of(batch.obs), 4, SMALL_ENCODER)
+        agent.set_encoder_bf16(bf16)
+        agents.append(agent)
+    full, half = agents
+    assert all(encoder.bf16 for encoder in (half.encoder, half.policy_encoder))
+    for update in range(3):
+        torch.manual_seed(update)  # the same random shifts and sampled actions in both
+        expected = full.update(batch)
+        torch.manual_seed(update)
+        got = half.update(batch)
+        for loss in [key for key in expected if key.endswith("_loss")]:
+            assert torch.isfinite(got[loss])
+            torch.testing.assert_close(got[loss], expected[loss], rtol=0.05, atol=0.02, msg=loss)
+    assert all(tensor.dtype == torch.float32 for tensor in half.state_dict().values() if tensor.is_floating_point())
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
 def test_actor_learning_rate_can_change_and_is_recorded(name):
     batch = _image_batch()
     agent = make_agent(_small_config(name), obs_spec_of(batch.obs), 4, SMALL_ENCODER)

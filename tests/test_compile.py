@@ -1,6 +1,7 @@
 """Compiled networks (``compile=true``) learn exactly like eager ones."""
 
 import numpy as np
+import pytest
 import torch
 
 from bench.update import synthetic_batch
@@ -10,16 +11,20 @@ from policy.algorithms import make_agent
 from policy.calql import CalQLConfig
 
 
-def _agent(batch):
+def _agent(batch, device="cpu"):
     torch.manual_seed(0)
     config = CalQLConfig(hidden_dim=32, cql_num_actions=3, backup_num_actions=2, policy_average_tau=0.5)
-    return make_agent(config, obs_spec_of(batch.obs), 4, EncoderConfig(channels=[8, 8], feature_dim=16))
+    return make_agent(config, obs_spec_of(batch.obs), 4, EncoderConfig(channels=[8, 8], feature_dim=16), device)
 
 
-def test_compiled_updates_agree_with_eager_ones():
-    batch = synthetic_batch(16, 32, np.random.default_rng(0)).to_torch("cpu")
-    eager, compiled = _agent(batch), _agent(batch)
-    compiled.compile_networks()
+@pytest.mark.parametrize("device, cuda_graphs", [
+    ("cpu", False),
+    pytest.param("cuda", True, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+])
+def test_compiled_updates_agree_with_eager_ones(device, cuda_graphs):
+    batch = synthetic_batch(16, 32, np.random.default_rng(0)).to_torch(device)
+    eager, compiled = _agent(batch, device), _agent(batch, device)
+    compiled.compile_networks(cuda_graphs)
     for update in range(3):
         torch.manual_seed(update)  # the same random shifts and sampled actions in both
         expected = eager.update(batch)

@@ -35,6 +35,22 @@ def test_conv_encoder_fuses_low_dimensional_keys():
     assert torch.equal(encoder(obs), encoder(obs))  # no augmentation at evaluation
 
 
+def test_bf16_image_trunk_keeps_float32_features_and_weights():
+    torch.manual_seed(0)
+    encoder = ObservationEncoder(SPEC, EncoderConfig())
+    obs = {"agentview_image": torch.randint(0, 256, (5, 48, 48, 3), dtype=torch.uint8), "robot0_eef_pos": torch.randn(5, 3)}
+    full = encoder(obs)
+    encoder.bf16 = True
+    half = encoder(obs)
+    assert half.dtype == torch.float32
+    assert not torch.equal(half, full)  # the trunk did compute in bfloat16 (8 mantissa bits) ...
+    torch.testing.assert_close(half, full, rtol=0, atol=0.05)  # ... close to float32 in tanh units
+    torch.testing.assert_close(half[:, -3:], obs["robot0_eef_pos"])  # low-dimensional keys untouched
+    half.sum().backward()
+    assert all(p.dtype == p.grad.dtype == torch.float32 for p in encoder.parameters() if p.grad is not None)
+    assert "bf16" not in str(list(encoder.state_dict()))  # a speed setting, not part of the weights
+
+
 def test_lowdim_mode_is_plain_concatenation():
     spec = {"robot0_eef_pos": {"shape": [3], "dtype": "float32"}, "object": {"shape": [13], "dtype": "float32"}}
     encoder = ObservationEncoder(spec, EncoderConfig())

@@ -66,6 +66,8 @@ def test_cli_cql_in_low_dimensional_mode(small_dataset, tmp_path):
     [
         (["dataset.path=/nonexistent/data.hdf5"], "error: dataset file not found: /nonexistent/data.hdf5"),
         (["dataset.obs_keys=[agentview_image,wrist_image]"], "['wrist_image'] not found; the file has: ['agentview_image', 'object', "),
+        (["cuda_graphs=true"], "error: cuda_graphs=true replays the compiled networks; set compile=true as well"),
+        (["compile=true", "cuda_graphs=true", "device=cpu"], "error: cuda_graphs=true needs a CUDA device, this run trains on cpu; drop cuda_graphs"),
         (["env.kwargs.image_size=32"], "error: image size mismatch for 'agentview_image': dataset [48, 48, 3], env 'pickplace' [32, 32, 3]; set env.kwargs.image_size=48"),
     ],
 )
