@@ -3,8 +3,9 @@
 #   where there is network:  bash scripts/setup.sh && bash scripts/device_bundle.sh
 #   on the GPU machine (with .device/ copied beside the code):  bash bench/device_check.sh
 # Installs the bundle, then runs the CUDA tests, bench.update on CUDA (every algorithm eager;
-# Cal-QL compiled), makes the default dataset and runs bench.finetune with the sim rendering
-# on the GPU. About 10 minutes on one H100; the output is the report ($OUT/device_check.log
+# Cal-QL compiled, with CUDA graphs, float32 and bf16 encoder), makes the default dataset and
+# runs bench.finetune with the sim rendering on the GPU (eager, then compiled with CUDA graphs).
+# About 12 minutes on one H100 (an estimate); the output is the report ($OUT/device_check.log
 # too where OUT is set). Each step is limited to STEP_LIMIT seconds (default 300).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,8 @@ step() {
     echo "== exit $? after $((SECONDS - start)) s"
 }
 step python3 -m pytest -q -p no:cacheprovider tests/test_rendering.py tests/test_algorithms.py tests/test_compile.py tests/test_replay.py
-step python3 -m bench.update --devices cuda --modes eager --seconds 5
-step python3 -m bench.update --devices cuda --modes compiled --algos calql --batch-sizes 256 --image-sizes 48 --seconds 5
+step python3 -m bench.update --devices cuda --modes eager --precisions fp32 --seconds 5
+step python3 -m bench.update --devices cuda --modes compiled,cudagraphs --algos calql --batch-sizes 256 --image-sizes 48 --seconds 5
 step python3 -m sim.collect workers=14
 step python3 -m bench.finetune --device cuda --env-steps 2000 --warmup-steps 200
+step python3 -m bench.finetune --device cuda --env-steps 2000 --warmup-steps 200 --compile --cuda-graphs

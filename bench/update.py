@@ -4,11 +4,12 @@ Each algorithm at its reference settings (its config's defaults: for Cal-QL and 
 actions per CQL term and a max backup over 10 target actions), two 256-wide critics, the
 default conv encoder with random shift, on a batch that already lies on the training device
 (as the replay's batches do). For every algorithm, device (CPU, and CUDA when present), mode
-(eager, and compiled with ``torch.compile``), batch size and image size it prints gradient
-updates/s, the FLOPs of one update (counted by torch's FLOP counter, forward and backward) and
-the TFLOP/s reached. ``--profile`` adds where the time goes (torch profiler, top operators).
-The full matrix compiles every configuration once (a minute or more each on a CPU): narrow it
-with the options for a quick look.
+(eager; compiled with ``torch.compile``; on CUDA also compiled and replayed as CUDA graphs),
+precision of the image trunks (float32, and bfloat16 autocast as ``encoder_bf16=true``), batch
+size and image size it prints gradient updates/s, the FLOPs of one update (counted by torch's
+FLOP counter, forward and backward) and the TFLOP/s reached. ``--profile`` adds where the time
+goes (torch profiler, top operators). The full matrix compiles every configuration once (a
+minute or more each on a CPU): narrow it with the options for a quick look.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from perception.encoders import EncoderConfig
 from policy.agent import Agent
 from policy.algorithms import REGISTRY, make_agent
 from policy.run import prepare_device
+
+MODES = ("eager", "compiled", "cudagraphs")
 
 
 def synthetic_batch(batch_size: int, image_size: int, rng: np.random.Generator) -> Batch:
@@ -93,7 +96,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", default=",".join(REGISTRY), help="comma-separated registered algorithms")
     parser.add_argument("--devices", default="cpu,cuda", help="cpu and/or cuda (cuda is skipped where absent)")
-    parser.add_argument("--modes", default="eager,compiled", help="eager and/or compiled (torch.compile)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="eager, compiled (torch.compile) and/or cudagraphs (compiled, replayed as CUDA graphs; CUDA only)")
+    parser.add_argument("--precisions", default="fp32,bf16", help="fp32 and/or bf16 (the image trunks under bfloat16 autocast)")
     parser.add_argument("--batch-sizes", default="256,1024")
     parser.add_argument("--image-sizes", default="48,84")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per configuration")
@@ -105,8 +110,11 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown algorithm(s) {unknown}; registered: {', '.join(REGISTRY)}")
     modes = parse_list(args.modes)
-    if not set(modes) <= {"eager", "compiled"} or not modes:
-        parser.error(f"--modes takes eager and/or compiled, got {args.modes!r}")
+    if not set(modes) <= set(MODES) or not modes:
+        parser.error(f"--modes takes {', '.join(MODES)}, got {args.modes!r}")
+    precisions = parse_list(args.precisions)
+    if not set(precisions) <= {"fp32", "bf16"} or not precisions:
+        parser.error(f"--precisions takes fp32 and/or bf16, got {args.precisions!r}")
     devices = parse_list(args.devices)
     if not set(devices) <= {"cpu", "cuda"} or not devices:
         parser.error(f"--devices takes cpu and/or cuda, got {args.devices!r}")
@@ -121,19 +129,22 @@ def main() -> None:
         prepare_device(torch.device(device))
     cuda = torch.cuda.get_device_name() if "cuda" in devices else None
     print(f"{torch.get_num_threads()} CPU threads" + (f"; CUDA: {cuda}" if cuda else ""))
-    print(f"{'algo':<7}{'device':<7}{'mode':<10}{'batch':>6}{'px':>4}{'updates/s':>11}{'GFLOP/update':>14}{'TFLOP/s':>9}")
+    print(f"{'algo':<7}{'device':<7}{'mode':<11}{'encoder':<8}{'batch':>6}{'px':>4}{'updates/s':>11}{'GFLOP/update':>14}{'TFLOP/s':>9}")
     for name, batch_size, image_size in itertools.product(names, parse_list(args.batch_sizes, int), parse_list(args.image_sizes, int)):
         host_batch = synthetic_batch(batch_size, image_size, np.random.default_rng(0))
         flops = update_flops(name, host_batch)
-        for device, mode in itertools.product(devices, modes):
+        for device, mode, precision in itertools.product(devices, modes, precisions):
+            if mode == "cudagraphs" and device != "cuda":
+                continue  # CUDA graphs exist on CUDA only
             batch = host_batch.to_torch(device)
             torch.manual_seed(0)
             agent = reference_agent(name, batch, device)
-            if mode == "compiled":
-                agent.compile_networks()
+            agent.set_encoder_bf16(precision == "bf16")
+            if mode != "eager":
+                agent.compile_networks(cuda_graphs=mode == "cudagraphs")
             rate = updates_per_second(agent, batch, args.seconds)
-            print(f"{name:<7}{device:<7}{mode:<10}{batch_size:>6}{image_size:>4}{rate:>11.2f}{flops / 1e9:>14.2f}"
-                  f"{flops * rate / 1e12:>9.3f}", flush=True)
+            print(f"{name:<7}{device:<7}{mode:<11}{precision:<8}{batch_size:>6}{image_size:>4}{rate:>11.2f}"
+                  f"{flops / 1e9:>14.2f}{flops * rate / 1e12:>9.3f}", flush=True)
             if args.profile and device == "cpu" and mode == "eager":
                 with profile(activities=[ProfilerActivity.CPU]) as prof:
                     for _ in range(5):

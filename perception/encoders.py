@@ -11,6 +11,7 @@ Low-dimensional keys are standardised with the training data's per-dimension mea
 exported with the policy; identity until set), because the decisions of this task hang on
 centimetre differences of positions near 1 m. They are concatenated to the image features;
 with no image key at all the encoder is that concatenation (the low-dimensional debugging mode).
+Setting ``bf16`` on an encoder runs its image trunks under bfloat16 autocast (``encoder_bf16``).
 """
 
 from __future__ import annotations

@@ -13,23 +13,28 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_update_benchmark_prints_a_row_per_configuration():
-    result = _run("-m", "bench.update", "--algos", "td3bc,iql", "--modes", "eager", "--batch-sizes", "8,16",
-                  "--image-sizes", "32", "--seconds", "0.3", "--threads", "1")
+    result = _run("-m", "bench.update", "--algos", "td3bc,iql", "--modes", "eager,cudagraphs", "--batch-sizes", "8,16",
+                  "--image-sizes", "32", "--seconds", "0.3", "--threads", "1", "--devices", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line.split() for line in result.stdout.splitlines() if re.match(r"(td3bc|iql)\s+cpu\s+eager", line)]
-    assert [(row[0], int(row[3])) for row in rows] == [("td3bc", 8), ("td3bc", 16), ("iql", 8), ("iql", 16)]
-    assert all(float(row[5]) > 0 and float(row[6]) > 0 for row in rows)  # updates/s, GFLOP per update
+    rows = [line.split() for line in result.stdout.splitlines() if re.match(r"(td3bc|iql)\s+cpu\s", line)]
+    # CUDA graphs do not exist on the CPU: no row for them
+    assert [(row[0], row[2], row[3], int(row[4])) for row in rows] == [
+        (name, "eager", precision, batch) for name in ("td3bc", "iql") for batch in (8, 16) for precision in ("fp32", "bf16")]
+    assert all(float(row[6]) > 0 and float(row[7]) > 0 for row in rows)  # updates/s, GFLOP per update
     bad = _run("-m", "bench.update", "--modes", "fast")
-    assert bad.returncode == 2 and "--modes takes eager and/or compiled" in bad.stderr
+    assert bad.returncode == 2 and "--modes takes eager, compiled, cudagraphs" in bad.stderr
 
 
 def test_finetune_benchmark_reports_rate_and_split(trained, small_dataset):
     result = _run("-m", "bench.finetune", "--checkpoint", str(trained), "--dataset", str(small_dataset),
-                  "--env-steps", "100", "--warmup-steps", "10", "--num-envs", "2", "--batch-size", "16", "--threads", "1")
+                  "--env-steps", "100", "--warmup-steps", "10", "--num-envs", "2", "--batch-size", "16", "--threads", "1",
+                  "--encoder-bf16")
     assert result.returncode == 0, result.stderr[-3000:]
     match = re.search(r"(\d+) env steps, (\d+) updates in [\d.]+ s: ([\d.]+) env steps/s.*simulation [\d.]+ s \((\d+)%\), "
                       r"learning [\d.]+ s \((\d+)%\)", result.stdout)
     assert match, result.stdout
     steps, updates, rate = int(match[1]), int(match[2]), float(match[3])
     assert steps >= 100 and updates > 0 and rate > 0 and int(match[4]) + int(match[5]) <= 100
-    assert re.search(r"2 sim workers rendering with \S+", result.stdout), result.stdout
+    assert re.search(r"2 sim workers rendering with \S+.*, bf16 encoder;", result.stdout), result.stdout
+    bad = _run("-m", "bench.finetune", "--device", "cpu", "--cuda-graphs")
+    assert bad.returncode == 2 and "cuda_graphs=true replays the compiled networks; set compile=true" in bad.stderr
