@@ -92,13 +92,8 @@ class Agent(nn.Module):
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: AlgoConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__()
-        if config.n_step < 1:
-            raise ValueError(f"algo.n_step must be >= 1, got {config.n_step}")
-        if not 0.0 < config.gamma <= 1.0:
-            raise ValueError(f"algo.gamma must be in (0, 1], got {config.gamma}")
-        if not 0.0 <= config.policy_average_tau <= 1.0:
-            raise ValueError(f"algo.policy_average_tau must be in [0, 1], got {config.policy_average_tau}")
         self.config = config
+        self.check_settings()
         self.action_dim = action_dim
         self.device = torch.device(device)
         # Trained by the critic's losses; actors and value heads read its features detached.
@@ -115,6 +110,32 @@ class Agent(nn.Module):
         # Scale of the exploration noise when acting online (1: the policy's own)
         self.exploration_scale = 1.0
         self._cuda_graphs = False
+
+    # --------------------------------------------------------------------------- settings
+    def check_settings(self) -> None:
+        """Raise ValueError naming the first setting of ``self.config`` out of its range; an
+        algorithm with settings of its own extends it."""
+        config = self.config
+        if config.n_step < 1:
+            raise ValueError(f"algo.n_step must be >= 1, got {config.n_step}")
+        if not 0.0 < config.gamma <= 1.0:
+            raise ValueError(f"algo.gamma must be in (0, 1], got {config.gamma}")
+        if not 0.0 <= config.policy_average_tau <= 1.0:
+            raise ValueError(f"algo.policy_average_tau must be in [0, 1], got {config.policy_average_tau}")
+
+    def change_setting(self, name: str, value: Any) -> None:
+        """Change one setting of the algorithm's config (fine-tuning's online options); the config,
+        and so the run's record and checkpoints, holds the new value. A setting the algorithm
+        does not have, or a value out of range, is refused and nothing changes."""
+        if not hasattr(self.config, name):
+            raise ValueError(f"{name} is not a setting of algo {self.config.name!r}; drop it for this algorithm")
+        before = getattr(self.config, name)
+        setattr(self.config, name, value)
+        try:
+            self.check_settings()
+        except ValueError:
+            setattr(self.config, name, before)
+            raise
 
     # ----------------------------------------------------------------------------- acting
     @property

@@ -155,10 +155,6 @@ class CalQLAgent(Agent):
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: SACConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
-        if config.actor_bc_weight < 0:
-            raise ValueError(f"algo.actor_bc_weight must be >= 0, got {config.actor_bc_weight}")
-        if config.actor_bc_source not in BC_SOURCES:
-            raise ValueError(f"algo.actor_bc_source must be one of {', '.join(BC_SOURCES)}, got {config.actor_bc_source!r}")
         self.conservative = isinstance(config, CQLConfig)
         self.calibrated = config.name == "calql"
         self.target_entropy = config.target_entropy if config.target_entropy is not None else -float(action_dim)
@@ -182,6 +178,13 @@ class CalQLAgent(Agent):
             self.optimizers["cql_alpha"] = self.adam([self.log_cql_alpha], lr=config.critic_lr)
 
     # --------------------------------------------------------------------------- learning
+    def check_settings(self) -> None:
+        super().check_settings()
+        if self.config.actor_bc_weight < 0:
+            raise ValueError(f"algo.actor_bc_weight must be >= 0, got {self.config.actor_bc_weight}")
+        if self.config.actor_bc_source not in BC_SOURCES:
+            raise ValueError(f"algo.actor_bc_source must be one of {', '.join(BC_SOURCES)}, got {self.config.actor_bc_source!r}")
+
     def learn(self, batch: Batch) -> Metrics:
         cfg = self.config
         batch = batch.to_torch(self.device)

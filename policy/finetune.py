@@ -34,8 +34,7 @@ from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, is_image, sampl
 from datasets.returns import RewardConfig, episode_rewards_and_returns  # noqa: E402
 from perception.encoders import EncoderConfig  # noqa: E402
 from policy.agent import Agent  # noqa: E402
-from policy.algorithms import algo_config, check_config, make_agent  # noqa: E402
-from policy.calql import BC_SOURCES, SACConfig  # noqa: E402
+from policy.algorithms import algo_config, check_config, lookup, make_agent  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import FinetuneConfig  # noqa: E402
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
@@ -89,7 +88,7 @@ class Workspace:
             offline_path = cfg.dataset.path or source.get("dataset")
             self.pretrain_config = source["config"]
         else:
-            cfg.algo = cfg.algo if cfg.algo is not None else SACConfig()
+            cfg.algo = cfg.algo if cfg.algo is not None else lookup("sac").config()
             cfg.encoder = cfg.encoder if cfg.encoder is not None else EncoderConfig()
             check_config(cfg.algo)
             self.env_name, self.env_kwargs = cfg.env.name or "pickplace", cfg.env.overrides()
@@ -104,23 +103,13 @@ class Workspace:
                 raise ValueError(f"observation key(s) {missing} are not produced by env {self.env_name!r}")
             self.agent = make_agent(cfg.algo, self.obs_spec, action_dim, cfg.encoder, self.device)
         check_obs_spec(self.obs_spec, probe.observation_space, self.env_name, "checkpoint")
-        for option, allowed in (("actor_bc_weight", None), ("actor_bc_source", BC_SOURCES)):
-            value = getattr(cfg, option)
-            if value is None:
-                continue
-            if not hasattr(self.agent.config, option):
-                raise ValueError(f"{option} applies to calql, cql and sac; algo {self.algo!r} has no BC term")
-            if (allowed is None and value < 0) or (allowed is not None and value not in allowed):
-                raise ValueError(f"{option} must be {'>= 0' if allowed is None else 'one of ' + ', '.join(allowed)}, got {value!r}")
-            setattr(self.agent.config, option, value)
+        for option in ("actor_bc_weight", "actor_bc_source", "policy_average_tau"):
+            if getattr(cfg, option) is not None:
+                self.agent.change_setting(option, getattr(cfg, option))
         if cfg.actor_lr is not None:
             if not cfg.actor_lr > 0:
                 raise ValueError(f"actor_lr must be > 0, got {cfg.actor_lr}")
             self.agent.set_actor_lr(cfg.actor_lr)
-        if cfg.policy_average_tau is not None:
-            if not 0.0 <= cfg.policy_average_tau <= 1.0:
-                raise ValueError(f"policy_average_tau must be in [0, 1], got {cfg.policy_average_tau}")
-            self.agent.config.policy_average_tau = cfg.policy_average_tau
         if cfg.eval_trained_policy and not self.agent.config.policy_average_tau > 0:
             raise ValueError("eval_trained_policy=true compares the policy average with the trained weights, "
                              "but this run has no average; set policy_average_tau or drop eval_trained_policy")

@@ -199,6 +199,21 @@ def test_optimisers_use_the_kernel_of_the_device_they_run_on():
         on_cuda.update(batch)
 
 
+def test_settings_change_only_to_valid_values_the_algorithm_has():
+    batch = _image_batch()
+    calql = make_agent(_small_config("calql"), obs_spec_of(batch.obs), 4, SMALL_ENCODER)
+    calql.change_setting("actor_bc_weight", 0.7)
+    assert calql.config.actor_bc_weight == 0.7
+    with pytest.raises(ValueError, match="algo.actor_bc_weight must be >= 0, got -1"):
+        calql.change_setting("actor_bc_weight", -1.0)
+    assert calql.config.actor_bc_weight == 0.7  # a refused value changes nothing
+    with pytest.raises(ValueError, match="algo.policy_average_tau must be in \\[0, 1\\], got 2"):
+        calql.change_setting("policy_average_tau", 2.0)
+    iql = make_agent(_small_config("iql"), obs_spec_of(batch.obs), 4, SMALL_ENCODER)
+    with pytest.raises(ValueError, match="actor_bc_weight is not a setting of algo 'iql'"):
+        iql.change_setting("actor_bc_weight", 0.5)
+
+
 def test_config_must_match_the_name_it_carries():
     check_config(CalQLConfig())
     with pytest.raises(ValueError, match="algo.name=calql contradicts the CQLConfig settings"):

@@ -98,7 +98,8 @@ def test_from_scratch_without_algo_is_sac_and_says_so(tmp_path):
     ("encoder=resnet18", "error: encoder=... cannot be combined with a checkpoint, which brings its own (encoder 'conv')"),
     ("sampling=half", "error: unknown sampling mode 'half'; available: mixed, uniform"),
     ("policy_average_tau=0 eval_trained_policy=true", "error: eval_trained_policy=true compares the policy average with the trained weights, but this run has no average"),
-    ("policy_average_tau=2", "error: policy_average_tau must be in [0, 1], got 2.0"),
+    ("policy_average_tau=2", "error: algo.policy_average_tau must be in [0, 1], got 2.0"),
+    ("actor_bc_source=online", "error: algo.actor_bc_source must be one of all, offline, got 'online'"),
 ])
 def test_overrides_a_checkpoint_would_ignore_are_refused(trained, tmp_path, override, message):
     result = _finetune(f"checkpoint={trained}", *override.split(), f"hydra.run.dir={tmp_path / 'run'}")
