@@ -98,21 +98,23 @@ def swept(directory: Path) -> tuple[list[str], list[int]]:
 
 
 def missing_runs(runs: list[Run], directories: list[Path]) -> list[tuple[str, str, int]]:
-    """(protocol, algo, seed) of every run the sweeps or the runs found imply, with no directory."""
-    algos: set[str] = set()
-    seeds: set[int] = set()
+    """(protocol, algo, seed) of every run the sweeps or the runs found imply, with no directory:
+    per protocol, every algorithm and seed that one of its runs has or that a sweep holding its
+    runs named (a sweep of another protocol implies nothing about this one)."""
+    algos: dict[str, set[str]] = {}
+    seeds: dict[str, set[int]] = {}
+    for run in runs:
+        algos.setdefault(run.protocol, set()).add(run.algo)
+        seeds.setdefault(run.protocol, set()).add(run.seed)
     for directory in directories:
         named_algos, named_seeds = swept(directory)
-        algos.update(named_algos)
-        seeds.update(named_seeds)
+        for protocol in {run.protocol for run in runs if run.path.is_relative_to(directory)}:
+            algos[protocol].update(named_algos)
+            seeds[protocol].update(named_seeds)
     found = {(run.protocol, run.algo, run.seed) for run in runs}
-    missing = []
-    for protocol in sorted({run.protocol for run in runs}):
-        of_protocol = [run for run in runs if run.protocol == protocol]
-        expected = itertools.product(sorted(algos | {run.algo for run in of_protocol}),
-                                     sorted(seeds | {run.seed for run in of_protocol}))
-        missing += [(protocol, algo, seed) for algo, seed in expected if (protocol, algo, seed) not in found]
-    return missing
+    return [(protocol, algo, seed) for protocol in sorted(algos)
+            for algo, seed in itertools.product(sorted(algos[protocol]), sorted(seeds[protocol]))
+            if (protocol, algo, seed) not in found]
 
 
 # ---------------------------------------------------------------------------- figures

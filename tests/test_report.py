@@ -24,18 +24,19 @@ def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
         writer.writerows(rows)
 
 
-def _run(sweep: Path, algo: str, seed: int, offline: list, online: list, wall: tuple[float, float] | None) -> None:
+def _run(sweep: Path, algo: str, seed: int, offline: list, online: list, wall: tuple[float, float] | None,
+         protocol: str = "lowdim") -> None:
     """A run directory as policy.experiment leaves it; ``wall`` None: killed during pretraining."""
     run_dir = sweep / f"{algo}_s{seed}"
     definition = {"algo": {"name": algo}, "seed": seed,
-                  "protocol": {"name": "lowdim", "pretrain": {"steps": 2000}, "finetune": {"env_steps": ENV_STEPS}, "by_algo": {}}}
+                  "protocol": {"name": protocol, "pretrain": {"steps": 2000}, "finetune": {"env_steps": ENV_STEPS}, "by_algo": {}}}
     _write_csv(run_dir / "pretrain" / "eval.csv", _evals(offline))
     stages = {}
     if wall is not None:
         _write_csv(run_dir / "finetune" / "eval.csv", _evals(online))
         stages = {"pretrain": {"wall_seconds": wall[0]}, "finetune": {"wall_seconds": wall[1]}}
         figures = run_figures(_evals(offline), _evals(online), ENV_STEPS)
-        result = {"algo": algo, "seed": seed, "protocol": "lowdim", **figures,
+        result = {"algo": algo, "seed": seed, "protocol": protocol, **figures,
                   "wall_seconds": {"pretrain": wall[0], "finetune": wall[1], "total": sum(wall)},
                   "pretrain_updates": 2000, "obs_keys": ["robot0_eef_pos", "robot0_gripper_qpos", "object"],
                   "finetune": {"env_steps": ENV_STEPS, "utd": 1.0, "sampling": "mixed", "mixing_ratio": 0.5},
@@ -106,6 +107,14 @@ def test_report_on_hand_made_runs(tmp_path, capsys):
         assert (out / f"lowdim_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(lowdim_{name}.png)" in summary
     assert "missing" in capsys.readouterr().out
+    # a sweep of another protocol, reported beside this one, implies nothing about it and the other way round
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n    - algo=calql\n    - seed=0\n")
+    _run(other, "calql", 0, [(2000, 0.5, -500, -700)], [(2000, 0.6, -600, -700)], (60, 60), protocol="lowdim_bf16")
+    assert report([str(sweep), str(other), f"out={out}"]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "4 finished run(s), 1 unfinished, 2 missing" in summary and "`lowdim_bf16` cql" not in summary
     # a run given twice (its sweep and itself) counts once; the same run in another directory is refused
     assert report([str(sweep), str(sweep / "calql_s0"), f"out={out}"]) == 0
     _run(tmp_path / "elsewhere", "calql", 0, [(2000, 0.5, -500, -700)], [(2000, 0.5, -600, -700)], (60, 60))
