@@ -254,7 +254,7 @@ class ReplayBuffer:
         self.size, self.num_frames, self.num_episodes = n, f, int(state["num_episodes"])
 
 
-SAMPLING_MODES = ("mixed", "uniform")
+SAMPLING_MODES = ("mixed", "uniform", "offline")
 
 
 def sample_offline_online(
@@ -265,12 +265,17 @@ def sample_offline_online(
 
     ``mixed`` (Cal-QL's protocol): ``round(offline_ratio * batch_size)`` offline transitions and
     the rest online. ``uniform`` (AWAC's protocol): uniformly over the union of both, as if they
-    were one buffer. While one buffer is empty (or there is no offline data) the whole batch
-    comes from the other.
+    were one buffer. ``offline`` (the offline-only control): the whole batch from the offline
+    data. While one buffer is empty (or there is no offline data) the whole batch comes from
+    the other.
     """
     if mode not in SAMPLING_MODES:
         raise ValueError(f"unknown sampling mode {mode!r}; available: {', '.join(SAMPLING_MODES)}")
     num_offline_data = len(offline) if offline is not None else 0
+    if mode == "offline":
+        if not num_offline_data:
+            raise ValueError("sampling mode 'offline' needs offline data")
+        return offline.sample(batch_size, generator, gamma, n_step)
     if num_offline_data == 0 or len(online) == 0:
         source = offline if num_offline_data else online
         batch = source.sample(batch_size, generator, gamma, n_step)

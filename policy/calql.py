@@ -87,20 +87,22 @@ def cql_penalty(
     q_next: torch.Tensor,
     logp_current: torch.Tensor,
     logp_next: torch.Tensor,
-    mc_returns: torch.Tensor | None,
+    mc_returns: torch.Tensor,
+    calibrated: bool,
     action_dim: int,
     temperature: float,
 ) -> tuple[torch.Tensor, Metrics]:
     """Per-head CQL gap ``mean(temp * logsumexp(ood / temp) - Q(s, a_data))``, shape (C,).
 
     Shapes: ``q_data`` (C, B); ``q_random``/``q_current``/``q_next`` (C, B, n);
-    ``logp_*`` (B, n). With ``mc_returns`` (B,) this is Cal-QL: the two policy-action terms
-    are bounded below by the MC return; random and dataset actions are not.
+    ``logp_*`` (B, n); ``mc_returns`` (B,). ``calibrated`` is Cal-QL: the two policy-action
+    terms are bounded below by the MC return; random and dataset actions are not. The share of
+    policy-action values below the MC return (``bound_rate``, the share the bound lifts) is
+    reported either way: for CQL it says whether its critic is below the behaviour's returns.
     """
-    metrics: Metrics = {}
-    if mc_returns is not None:
-        bound = mc_returns.view(1, -1, 1)
-        metrics["bound_rate"] = torch.cat([q_current < bound, q_next < bound], dim=-1).float().mean().detach()
+    bound = mc_returns.view(1, -1, 1)
+    metrics: Metrics = {"bound_rate": torch.cat([q_current < bound, q_next < bound], dim=-1).float().mean().detach()}
+    if calibrated:
         q_current = torch.maximum(q_current, bound)
         q_next = torch.maximum(q_next, bound)
     log_uniform_density = action_dim * math.log(0.5)
@@ -222,7 +224,7 @@ class CalQLAgent(Agent):
             loss_td, metrics = td_loss(q_data, td_target, batch.online)
             gap, cql_metrics = cql_penalty(
                 q_data, q_random, q_current, q_next, logp_current, logp_next,
-                batch.mc_returns if self.calibrated else None, self.action_dim, cfg.cql_temperature,
+                batch.mc_returns, self.calibrated, self.action_dim, cfg.cql_temperature,
             )
             metrics.update(cql_metrics)
             if cfg.cql_lagrange:

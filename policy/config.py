@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from datasets.returns import RewardConfig
 from perception.encoders import EncoderConfig
@@ -56,6 +56,9 @@ class PretrainConfig:
     eval_episodes: int = 25
     eval_workers: int = 2
     eval_seed: int = 100000  # evaluation episode i uses env seed eval_seed + i
+    # With a policy average (algo.policy_average_tau > 0), also score the trained weights on the
+    # same episodes (eval.csv's trained_success_rate beside success_rate, the average's).
+    eval_trained_policy: bool = True
     calibration_states: int = 1024
     log_every: int = 100
     checkpoint_every: int = 2000
@@ -103,7 +106,9 @@ class FinetuneConfig:
     num_envs: int = 0  # parallel sim workers collecting episodes; 0: one per CPU core but one, at least 2
     utd: float = 1.0  # gradient updates per env step, applied when an episode ends
     # mixed: mixing_ratio per batch (Cal-QL's protocol); uniform: one buffer of both (AWAC's), so
-    # the online share grows with the online data (docs/results/finetune_average)
+    # the online share grows with the online data (docs/results/finetune_average); offline: the
+    # offline-only control: episodes are collected and schedule the same updates, but every
+    # batch comes from the offline data, so no online data is learned from.
     sampling: str = "uniform"
     mixing_ratio: float = 0.5  # share of each batch drawn from the offline data (sampling=mixed)
     batch_size: int = 256
@@ -114,9 +119,9 @@ class FinetuneConfig:
     # Evaluate once before the first online step (eval.csv row at env step 0): the curve's
     # starting point, with the same episodes as every later evaluation.
     eval_at_start: bool = True
-    # With a policy average, also evaluate the trained weights on the same episodes (eval.csv's
-    # trained_success_rate): what the average changes.
-    eval_trained_policy: bool = False
+    # With a policy average, also score the trained weights on the same episodes (eval.csv's
+    # trained_success_rate beside success_rate, the average's): what the average changes.
+    eval_trained_policy: bool = True
     calibration_states: int = 1024  # held-out offline states and recent online ones for Q vs MC
     video: bool = True  # an mp4 of one evaluation episode at each evaluation
     checkpoint_every: int = 2000  # env steps
@@ -161,7 +166,23 @@ class ExperimentConfig:
     threads: int = 0
     resume: bool = False  # continue the experiment in the run directory (re-running the same command does too)
     overwrite: bool = False  # start over in a run directory that already holds an experiment (deletes it)
+    # none: the protocol as written. offline_only: the control of the same stages and budgets
+    # with no online data in the updates (fine-tuning's sampling=offline); the online gain is
+    # the run's figures minus its control's, seed by seed (policy.report).
+    control: str = "none"
 
 
+CONTROLS = ("none", "offline_only")
+# Evaluation start states differ between seeds and are shared by every algorithm of a seed:
+# episode i of seed s starts from env seed EVAL_SEED_BASE + EVAL_SEED_STRIDE * s + i.
+EVAL_SEED_BASE, EVAL_SEED_STRIDE = 100000, 10000
+
+
+def run_name(algo: str, seed: int, control: str) -> str:
+    """An experiment run's directory name: ``calql_s0``; its control's ``calql_offline_only_s0``."""
+    return f"{algo}_s{seed}" if control == "none" else f"{algo}_{control}_s{seed}"
+
+
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 ConfigStore.instance().store(name="experiment_schema", node=ExperimentConfig)
 ConfigStore.instance().store(group="protocol", name="protocol_schema", node=ProtocolConfig)

@@ -37,7 +37,9 @@ def calibration_batch(path: str | Path, obs_keys: list[str], gamma: float, rewar
 
 def calibration_metrics(agent: Agent, batch: Batch, prefix: str = "") -> dict[str, float]:
     """Mean Q of the policy's and the data's actions against the mean MC return on ``batch``'s
-    states, and whether Q ranks states like their returns do (``q_data_mc_corr``)."""
+    states, the share of states whose policy action is valued below its MC return (where
+    Cal-QL's bound acts; for CQL: whether its critic is conservative), and whether Q ranks
+    states like their returns do (``q_data_mc_corr``)."""
     q_policy = agent.q_values(batch.obs)
     q_data = agent.q_values(batch.obs, batch.actions)
     returns = torch.as_tensor(batch.mc_returns).cpu().numpy()
@@ -47,8 +49,24 @@ def calibration_metrics(agent: Agent, batch: Batch, prefix: str = "") -> dict[st
         f"{prefix}q_data": float(q_data.mean()),
         f"{prefix}mc_return": float(returns.mean()),
         f"{prefix}q_policy_minus_mc": float((q_policy - returns).mean()),
+        f"{prefix}q_policy_below_mc": float((q_policy < returns).mean()),
         f"{prefix}q_data_mc_corr": float(np.corrcoef(q_data, returns)[0, 1]) if spread else float("nan"),
     }
+
+
+def evaluate_policies(evaluator: "Evaluator", agent: Agent, episodes: int, trained_too: bool) -> dict[str, float]:
+    """The evaluated policy's success rate, return and length over ``episodes`` seeded episodes,
+    and ``trained_success_rate``: the trained weights' on the same episodes. With a policy average
+    that is a second evaluation (skipped unless ``trained_too``); without one the evaluated
+    policy is the trained weights."""
+    metrics = evaluator.run(lambda obs: agent.act(obs), episodes)
+    metrics["policy_average"] = float(agent.policy_average is not None)  # which policy success_rate is
+    if agent.policy_average is None:
+        metrics["trained_success_rate"] = metrics["success_rate"]
+    elif trained_too:
+        trained = evaluator.run(lambda obs: agent.act(obs, trained=True), episodes)
+        metrics.update({f"trained_{key}": value for key, value in trained.items()})
+    return metrics
 
 
 class Evaluator:

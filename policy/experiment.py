@@ -43,9 +43,9 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from datasets.atomic import write_bytes_atomically  # noqa: E402
 from policy import finetune, pretrain  # noqa: E402
 from policy.algorithms import REGISTRY, check_config, lookup, with_defaults  # noqa: E402
-from policy.config import ExperimentConfig, FinetuneConfig, PretrainConfig  # noqa: E402
+from policy.config import CONTROLS, EVAL_SEED_BASE, EVAL_SEED_STRIDE, ExperimentConfig, FinetuneConfig, PretrainConfig  # noqa: E402
 from policy.pretrain import PROJECT_ROOT  # noqa: E402
-from policy.results import DECIMALS, FIGURES, read_csv, run_figures  # noqa: E402
+from policy.results import DECIMALS, FIGURES, POLICY_NAMES, run_dir_figures, stage_averaged  # noqa: E402
 from policy.run import (  # noqa: E402
     check_command_line, check_writable, exit_on_error, reject_unknown_choice, resolve_device, run_workspace,
 )
@@ -54,7 +54,7 @@ STAGES = ("pretrain", "finetune")
 WORKSPACES = {"pretrain": pretrain.Workspace, "finetune": finetune.Workspace}
 STATE, RESULT = "experiment.json", "result.json"
 # Stage settings the experiment itself gives; a protocol setting one of them is refused.
-EXPERIMENT_KEYS = ("algo", "checkpoint", "seed", "device", "threads", "resume", "overwrite")
+EXPERIMENT_KEYS = ("algo", "checkpoint", "seed", "eval_seed", "device", "threads", "resume", "overwrite")
 # What the fine-tuning stage ran with, recorded in result.json beside the figures.
 FINETUNE_SETTINGS = ("env_steps", "utd", "sampling", "mixing_ratio", "num_envs", "batch_size", "offline_data",
                      "actor_bc_weight", "actor_bc_source", "actor_lr", "freeze_encoder")
@@ -115,9 +115,11 @@ def stage_overrides(cfg: ExperimentConfig, stage: str, run_dir: Path, threads: i
                          f"the pretrained checkpoint with its algorithm and encoder: set them for pretrain (online "
                          f"options such as actor_bc_weight are top-level keys of finetune)")
     given = {"algo": cfg.algo.name} if stage == "pretrain" else {"checkpoint": str(run_dir / "pretrain" / "checkpoint.pt")}
-    given.update(seed=cfg.seed, device=cfg.device, threads=threads)
+    given.update(seed=cfg.seed, eval_seed=EVAL_SEED_BASE + EVAL_SEED_STRIDE * cfg.seed, device=cfg.device, threads=threads)
     # the algorithm's settings from the experiment's command line, over the protocol's
     chosen = {f"algo.{name}": value for name, value in changed_fields(asdict(cfg.algo)).items()} if stage == "pretrain" else {}
+    if stage == "finetune" and cfg.control == "offline_only":
+        chosen["sampling"] = "offline"  # the control: the same budget, no online data in the updates
     return [f"{key}={override_value(value)}" for key, value in {**given, **settings, **chosen}.items()]
 
 
@@ -246,13 +248,16 @@ def write_result(run_dir: Path, state: dict[str, Any], configs: dict[str, Any]) 
     stages = state["stages"]
     trained = OmegaConf.to_container(OmegaConf.load(run_dir / "finetune" / "config.yaml"))  # as fine-tuning recorded it
     env_steps = configs["finetune"].env_steps
-    figures = run_figures(read_csv(run_dir / "pretrain" / "eval.csv"), read_csv(run_dir / "finetune" / "eval.csv"), env_steps)
+    figures = run_dir_figures(run_dir, env_steps)
     wall = {stage: stages[stage]["wall_seconds"] for stage in STAGES}
     result = {
         "algo": state["definition"]["algo"]["name"],
         "seed": state["definition"]["seed"],
         "protocol": state["definition"]["protocol"]["name"],
-        **figures,
+        "control": state["definition"].get("control", "none"),
+        # eval.csv's success_rate, the policy that is exported
+        "evaluated_policy": "average" if stage_averaged(run_dir / "finetune") else "trained",
+        "figures": figures,  # per policy: trained weights, and the policy average where there is one
         "wall_seconds": {**wall, "total": sum(wall.values())},
         "pretrain_updates": configs["pretrain"].steps,
         "obs_keys": list(configs["pretrain"].dataset.obs_keys),
@@ -270,10 +275,15 @@ def write_result(run_dir: Path, state: dict[str, Any], configs: dict[str, Any]) 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     """Both stages of the run in ``run_dir`` (those not finished yet), then its result."""
     check_config(cfg.algo)
+    if cfg.control not in CONTROLS:
+        raise ValueError(f"unknown control {cfg.control!r}; available: {', '.join(CONTROLS)}")
     threads = job_threads(cfg.threads)
     overrides = {stage: stage_overrides(cfg, stage, run_dir, threads) for stage in STAGES}
     configs = {stage: compose_stage(stage, overrides[stage], cfg.protocol.name) for stage in STAGES}
-    definition = json.loads(json.dumps({"algo": asdict(cfg.algo), "seed": cfg.seed, "protocol": asdict(cfg.protocol)}))
+    definition = {"algo": asdict(cfg.algo), "seed": cfg.seed, "protocol": asdict(cfg.protocol)}
+    if cfg.control != "none":  # runs recorded before controls existed have none
+        definition["control"] = cfg.control
+    definition = json.loads(json.dumps(definition))
     state = open_run_dir(run_dir, definition, cfg.resume, cfg.overwrite)
     if (run_dir / RESULT).is_file():
         print(f"{run_dir} has finished already ({run_dir / RESULT}); start over with overwrite=true")
@@ -290,8 +300,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def summary_line(result: dict[str, Any]) -> str:
-    figures = ", ".join(f"{name} {result[key]:.{DECIMALS[key]}f}" for key, name in FIGURES.items())
-    return f"{figures}; wall time {result['wall_seconds']['total'] / 60:.1f} min"
+    parts = [f"{POLICY_NAMES[policy]}: " + ", ".join(f"{name} {figures[key]:.{DECIMALS[key]}f}" for key, name in FIGURES.items())
+             for policy, figures in result["figures"].items()]
+    return "; ".join(parts) + f"; wall time {result['wall_seconds']['total'] / 60:.1f} min"
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "configs"), config_name="experiment")
@@ -322,4 +333,5 @@ def reject_unknown_protocol(argv: list[str]) -> None:
 if __name__ == "__main__":
     check_command_line(sys.argv[1:])
     reject_unknown_protocol(sys.argv[1:])
+    reject_unknown_choice(sys.argv[1:], ("control",), CONTROLS, "control", f"available: {', '.join(CONTROLS)}")
     main()

@@ -37,7 +37,7 @@ from policy.agent import Agent  # noqa: E402
 from policy.algorithms import algo_config, check_config, lookup, make_agent  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import FinetuneConfig  # noqa: E402
-from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
+from policy.evaluation import Evaluator, calibration_batch, calibration_metrics, evaluate_policies  # noqa: E402
 from policy.logger import MetricLogger, MetricWindow  # noqa: E402
 from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path  # noqa: E402
 from policy.run import WallClock, check_command_line, check_speed_options, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
@@ -110,9 +110,6 @@ class Workspace:
             if not cfg.actor_lr > 0:
                 raise ValueError(f"actor_lr must be > 0, got {cfg.actor_lr}")
             self.agent.set_actor_lr(cfg.actor_lr)
-        if cfg.eval_trained_policy and not self.agent.config.policy_average_tau > 0:
-            raise ValueError("eval_trained_policy=true compares the policy average with the trained weights, "
-                             "but this run has no average; set policy_average_tau or drop eval_trained_policy")
         if cfg.freeze_encoder:
             self.agent.freeze_encoders()
         if not cfg.exploration_scale >= 0:
@@ -144,7 +141,10 @@ class Workspace:
                              f"policy's input size, set by env.kwargs.image_size; drop dataset.image_size")
         self.offline: ReplayBuffer | None = None
         self.calibration: Batch | None = None  # held-out offline states, as in pretraining
-        if cfg.offline_data and cfg.mixing_ratio > 0:
+        if cfg.sampling == "offline" and not cfg.offline_data:
+            raise ValueError("sampling=offline (the offline-only control) trains on the offline data only, but "
+                             "offline_data=false; set offline_data=true or choose sampling=mixed|uniform")
+        if cfg.offline_data and not (cfg.sampling == "mixed" and cfg.mixing_ratio == 0):
             if offline_path is None:
                 offline_path = str(dataset_path(cfg.dataset))
             self.offline_path = str(offline_path)
@@ -218,10 +218,7 @@ class Workspace:
         """The evaluation at the current env step; ``before_training`` measures the policy the
         run starts from, which stays out of the cumulative regret (a figure of fine-tuning)."""
         self.agent.eval()
-        metrics = self.evaluator.run(lambda obs: self.agent.act(obs), self.cfg.eval_episodes)
-        if self.cfg.eval_trained_policy:
-            trained = self.evaluator.run(lambda obs: self.agent.act(obs, trained=True), self.cfg.eval_episodes)
-            metrics.update({f"trained_{key}": value for key, value in trained.items()})
+        metrics = evaluate_policies(self.evaluator, self.agent, self.cfg.eval_episodes, self.cfg.eval_trained_policy)
         # the calibration picture on the offline states pretraining tracked, and on the most
         # recent online transitions
         if self.calibration is not None:

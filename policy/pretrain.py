@@ -31,7 +31,7 @@ from datasets.robomimic_hdf5 import read_env_args  # noqa: E402
 from policy.algorithms import check_config, make_agent, with_defaults  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import DatasetConfig, EnvConfig, PretrainConfig  # noqa: E402
-from policy.evaluation import Evaluator, calibration_batch, calibration_metrics  # noqa: E402
+from policy.evaluation import Evaluator, calibration_batch, calibration_metrics, evaluate_policies  # noqa: E402
 from policy.logger import MetricLogger, MetricWindow  # noqa: E402
 from policy.run import WallClock, check_command_line, check_speed_options, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
 from sim.rendering import prepare_rendering  # noqa: E402
@@ -200,7 +200,7 @@ class Workspace:
 
     def evaluate(self) -> dict[str, float]:
         self.agent.eval()
-        metrics = self.evaluator.run(lambda obs: self.agent.act(obs, deterministic=True), self.cfg.eval_episodes)
+        metrics = evaluate_policies(self.evaluator, self.agent, self.cfg.eval_episodes, self.cfg.eval_trained_policy)
         metrics.update(calibration_metrics(self.agent, self.calibration_batch))
         self.agent.train()
         return metrics

@@ -27,15 +27,17 @@ def _case():
 
 
 def test_cql_is_the_plain_logsumexp_gap():
-    q_data, q_random, q_current, q_next, logp_c, logp_n, _ = _case()
-    gap, metrics = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, None, ACTION_DIM, 1.0)
+    q_data, q_random, q_current, q_next, logp_c, logp_n, mc = _case()
+    gap, metrics = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, mc, False, ACTION_DIM, 1.0)
     torch.testing.assert_close(gap, _terms(q_data, q_random, q_current, q_next, logp_c, logp_n))
-    assert "bound_rate" not in metrics
+    # CQL reports the share of its policy-action values below the MC return without lifting
+    # them: 4 of the 8 (state 0: -5, -6 < -1; state 1: -4, -2 < 0.5)
+    assert metrics["bound_rate"] == 0.5
 
 
 def test_calql_bounds_only_the_policy_terms_by_mc_returns():
     q_data, q_random, q_current, q_next, logp_c, logp_n, mc = _case()
-    gap, metrics = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, mc, ACTION_DIM, 1.0)
+    gap, metrics = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, mc, True, ACTION_DIM, 1.0)
     bound = mc.view(1, -1, 1)
     expected = _terms(q_data, q_random, torch.maximum(q_current, bound), torch.maximum(q_next, bound), logp_c, logp_n)
     torch.testing.assert_close(gap, expected)
@@ -44,15 +46,15 @@ def test_calql_bounds_only_the_policy_terms_by_mc_returns():
     assert not torch.allclose(gap, wrong)
     # 4 of the 8 policy-action values lie below their state's MC return
     assert metrics["bound_rate"] == 0.5
-    plain, _ = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, None, ACTION_DIM, 1.0)
+    plain, _ = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, mc, False, ACTION_DIM, 1.0)
     assert torch.all(gap > plain)  # lifting Q-values can only raise the logsumexp
 
 
 def test_calql_equals_cql_when_q_exceeds_the_mc_return():
-    q_data, q_random, q_current, q_next, logp_c, logp_n, _ = _case()
+    q_data, q_random, q_current, q_next, logp_c, logp_n, mc = _case()
     low_mc = torch.tensor([-100.0, -100.0])
-    calibrated, metrics = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, low_mc, ACTION_DIM, 1.0)
-    plain, _ = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, None, ACTION_DIM, 1.0)
+    calibrated, metrics = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, low_mc, True, ACTION_DIM, 1.0)
+    plain, _ = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, mc, False, ACTION_DIM, 1.0)
     torch.testing.assert_close(calibrated, plain)
     assert metrics["bound_rate"] == 0.0
 
@@ -62,17 +64,17 @@ def test_penalty_on_hand_computed_numbers():
     # correction is -2 log 0.5 = log 4, so the terms are [0 + log 4, 1 - 1, 0 - 0]
     one = lambda value: torch.tensor([[[value]]])  # noqa: E731
     args = (torch.tensor([[0.0]]), one(0.0), one(0.0), one(1.0), torch.tensor([[0.0]]), torch.tensor([[1.0]]))
-    plain, _ = cql_penalty(*args, None, ACTION_DIM, 1.0)
+    plain, _ = cql_penalty(*args, torch.tensor([2.0]), False, ACTION_DIM, 1.0)
     assert plain.item() == pytest.approx(math.log(4 + 1 + 1))
     # Cal-QL with an MC return of 2 lifts both policy terms to 2: [log 4, 2 - 1, 2 - 0]
-    calibrated, metrics = cql_penalty(*args, torch.tensor([2.0]), ACTION_DIM, 1.0)
+    calibrated, metrics = cql_penalty(*args, torch.tensor([2.0]), True, ACTION_DIM, 1.0)
     assert calibrated.item() == pytest.approx(math.log(4 + math.e + math.e**2))
     assert metrics["bound_rate"] == 1.0
 
 
 def test_temperature_and_td_loss():
-    q_data, q_random, q_current, q_next, logp_c, logp_n, _ = _case()
-    gap, _ = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, None, ACTION_DIM, 0.5)
+    q_data, q_random, q_current, q_next, logp_c, logp_n, mc = _case()
+    gap, _ = cql_penalty(q_data, q_random, q_current, q_next, logp_c, logp_n, mc, False, ACTION_DIM, 0.5)
     torch.testing.assert_close(gap, _terms(q_data, q_random, q_current, q_next, logp_c, logp_n, temperature=0.5))
     loss, metrics = td_loss(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([0.0, 2.0]))
     assert math.isclose(loss.item(), 0.5 + 2.0) and math.isclose(metrics["td_loss"], 1.25)

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from policy.algorithms import REGISTRY
 from policy.checkpoint import load_checkpoint
+from policy.config import run_name
 from policy.experiment import STAGES, compose_stage, open_run_dir, stage_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,19 +79,25 @@ def test_a_run_killed_after_pretraining_continues_without_redoing_it(small_datas
     assert [int(row["step"]) for row in online] == [0, 100, 200, 300, 400]  # each evaluation once
     start, online = float(online[0]["success_rate"]), online[1:]  # the pretrained policy, before any online step
     assert 0.0 <= start <= 1.0 and len(offline) == 2
-    rates = [float(row["success_rate"]) for row in online]
-    assert result["pretrained_success"] == start and result["final_success"] == rates[-1]
-    assert result["unlearning_dip"] == pytest.approx(rates[0] - start)  # only env step 100 is in the first quarter
-    assert result["cumulative_regret"] == pytest.approx(sum(1 - rate for rate in rates) / 4)
-    assert result["cumulative_regret"] == pytest.approx(float(online[-1]["cumulative_regret"]))
-    assert result["steps_to_90pct_final"] in (0, 100, 200, 300, 400)
+    # fine-tuning's default policy average is the evaluated policy; the trained weights are
+    # scored on the same episodes, and both get their figures
+    assert result["evaluated_policy"] == "average" and set(result["figures"]) == {"trained", "average"}
+    for policy, column in (("average", "success_rate"), ("trained", "trained_success_rate")):
+        figures, rates = result["figures"][policy], [float(row[column]) for row in online]
+        assert figures["pretrained_success"] == start and figures["final_success"] == rates[-1]
+        assert figures["unlearning_dip"] == pytest.approx(rates[0] - start)  # only env step 100 is in the first quarter
+        assert figures["lowest_dip"] == pytest.approx(min(rates) - start)
+        assert figures["cumulative_regret"] == pytest.approx(sum(1 - rate for rate in rates) / 4)
+        assert figures["steps_to_stay_90pct_final"] in (0, 100, 200, 300, 400)
+    assert result["figures"]["average"]["cumulative_regret"] == pytest.approx(float(online[-1]["cumulative_regret"]))
     assert result["algo"] == "calql" and result["protocol"] == "tiny" and result["pretrain_updates"] == 4
+    assert result["control"] == "none"
     assert result["obs_keys"] == ["robot0_eef_pos", "robot0_gripper_qpos", "object"]
     assert result["finetune"]["utd"] == 1.0 and result["finetune"]["sampling"] == "uniform"  # the defaults
     assert result["deviations"]["policy_average_tau"] == {"reference": 0.0, "pretrain": 0.0, "finetune": 0.001}
     assert result["deviations"]["hidden_dim"] == {"reference": 256, "pretrain": 32, "finetune": 32}
     assert all(seconds > 0 for seconds in result["wall_seconds"].values()) and result["commit"]
-    assert result["commands"]["pretrain"].startswith("python -m policy.pretrain algo=calql seed=0")
+    assert result["commands"]["pretrain"].startswith("python -m policy.pretrain algo=calql seed=0 eval_seed=100000")
 
     again = _experiment(*args)
     assert again.returncode == 0 and "has finished already" in again.stdout
@@ -146,13 +153,14 @@ def test_a_sweep_of_two_runs_through_submitit_local(small_dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for algo in ("iql", "td3bc"):
         outcome = json.loads((sweep / f"{algo}_s0" / "result.json").read_text())
-        assert outcome["algo"] == algo and 0.0 <= outcome["final_success"] <= 1.0
+        assert outcome["algo"] == algo and 0.0 <= outcome["figures"]["trained"]["final_success"] <= 1.0
         assert " threads=1 " in outcome["commands"]["pretrain"]  # the local executor runs both jobs at once
 
     report = subprocess.run([sys.executable, "-m", "policy.report", str(sweep), f"out={tmp_path / 'report'}"], cwd=ROOT,
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
-    assert [row["algo"] for row in _rows(tmp_path / "report" / "summary.csv")] == ["iql", "td3bc"]
+    rows = [(row["algo"], row["policy"]) for row in _rows(tmp_path / "report" / "summary.csv")]
+    assert rows == [("iql", "trained"), ("iql", "average"), ("td3bc", "trained"), ("td3bc", "average")]
     assert "0 missing" in report.stdout
 
 
@@ -172,3 +180,22 @@ def test_every_protocol_composes_both_stages_for_every_algorithm(tmp_path):
                     assert stages["pretrain"].dataset.obs_keys == ["robot0_eef_pos", "robot0_gripper_qpos", "object"]
                 if protocol == "image_cpu" and algo in ("calql", "cql"):  # the CPU preset's, named in the protocol
                     assert stages["pretrain"].algo.actor_bc_weight == 0.4 and stages["pretrain"].algo.bc_steps == 2000
+
+
+def test_the_offline_only_control_is_the_same_run_without_online_data(tmp_path):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        for control in ("none", "offline_only"):
+            config = OmegaConf.to_object(compose("experiment", ["protocol=lowdim", "algo=calql", "seed=2", f"control={control}"]))
+            overrides = {stage: stage_overrides(config, stage, tmp_path, 1) for stage in STAGES}
+            stages = {stage: compose_stage(stage, overrides[stage], "lowdim") for stage in STAGES}
+            # each seed has its own evaluation start states, the same for the control
+            assert stages["pretrain"].eval_seed == stages["finetune"].eval_seed == 120000
+            assert stages["finetune"].sampling == ("offline" if control == "offline_only" else "mixed")
+            if control == "none":
+                plain = overrides
+        # everything else is the run's own: the same pretraining, the same fine-tuning budget
+        assert overrides["pretrain"] == plain["pretrain"]
+        assert [o for o in overrides["finetune"] if not o.startswith("sampling=")] == [o for o in plain["finetune"] if not o.startswith("sampling=")]
+    assert run_name("calql", 2, "none") == "calql_s2" and run_name("calql", 2, "offline_only") == "calql_offline_only_s2"
+    unknown = _experiment("control=nothing", f"hydra.run.dir={tmp_path / 'run'}")
+    assert unknown.returncode == 2 and unknown.stderr.strip() == "error: unknown control 'nothing'; available: none, offline_only"

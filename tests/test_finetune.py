@@ -37,16 +37,18 @@ def _rows(path: Path) -> list[dict]:
 def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path):
     run_dir = tmp_path / "run"
     result = _finetune(f"checkpoint={trained}", "env_steps=200", "eval_every=100", "checkpoint_every=100",
-                       "actor_bc_weight=0.5", "policy_average_tau=0.1", "eval_trained_policy=true",
+                       "actor_bc_weight=0.5", "policy_average_tau=0.1",
                        f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     evals = _rows(run_dir / "eval.csv")
     # the starting point (before any online step), then every eval_every env steps
     assert [int(r["step"]) for r in evals] == [0, 100, 200]
     assert {"success_rate", "return", "episode_length", "cumulative_regret"} <= set(evals[1])
-    # the policy average is evaluated; the trained weights too, on the same episodes
-    assert {"trained_success_rate", "trained_return"} <= set(evals[1])
-    assert evals[0]["trained_return"] == evals[0]["return"]  # before any update they are one policy
+    # the policy average is evaluated; the trained weights too, on the same episodes (by default)
+    assert {"trained_success_rate", "trained_return"} <= set(evals[1]) and evals[1]["policy_average"] == "1.0"
+    # before any update there is no average yet: one policy, scored once
+    assert evals[0]["policy_average"] == "0.0" and evals[0]["trained_success_rate"] == evals[0]["success_rate"]
+    assert evals[0]["trained_return"] == ""
     assert evals[0]["cumulative_regret"] == "" and evals[0]["updates"] == "0"  # regret is fine-tuning's only
     assert float(evals[2]["cumulative_regret"]) == pytest.approx(1 - np.mean([float(r["success_rate"]) for r in evals[1:]]))
     # the calibration picture on held-out offline states and on recent online ones
@@ -75,6 +77,23 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
     assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["env_steps"] == 200
 
 
+def test_offline_only_control_collects_but_never_trains_on_online_data(trained, small_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    result = _finetune(f"checkpoint={trained}", "env_steps=100", "eval_every=100", "checkpoint_every=100", "video=false",
+                       "sampling=offline", "policy_average_tau=0", f"dataset.path={small_dataset}",
+                       f"hydra.run.dir={run_dir}", *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    episodes = _rows(run_dir / "episodes.csv")
+    # the same schedule as with online data: episodes collected, one update per transition
+    assert checkpoint["counters"]["updates"] == checkpoint["online_buffer"]["size"] == sum(int(r["length"]) for r in episodes) > 0
+    train = _rows(run_dir / "train.csv")
+    assert train and all(float(row["online_share"]) == 0.0 for row in train)
+    # no average: the evaluated policy is the trained weights, logged as such
+    evals = _rows(run_dir / "eval.csv")
+    assert all(row["policy_average"] == "0.0" and row["trained_success_rate"] == row["success_rate"] for row in evals)
+
+
 def test_sac_from_scratch_runs_through_the_same_loop(tmp_path):
     run_dir = tmp_path / "run"
     result = _finetune("env_steps=100", "eval_every=100", "checkpoint_every=100", "offline_data=false", "video=false",
@@ -96,8 +115,8 @@ def test_from_scratch_without_algo_is_sac_and_says_so(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("algo=cql", "error: algo=... cannot be combined with a checkpoint, which brings its own (algo 'calql'); drop the algo override"),
     ("encoder=resnet18", "error: encoder=... cannot be combined with a checkpoint, which brings its own (encoder 'conv')"),
-    ("sampling=half", "error: unknown sampling mode 'half'; available: mixed, uniform"),
-    ("policy_average_tau=0 eval_trained_policy=true", "error: eval_trained_policy=true compares the policy average with the trained weights, but this run has no average"),
+    ("sampling=half", "error: unknown sampling mode 'half'; available: mixed, uniform, offline"),
+    ("sampling=offline offline_data=false", "error: sampling=offline (the offline-only control) trains on the offline data only, but offline_data=false"),
     ("policy_average_tau=2", "error: algo.policy_average_tau must be in [0, 1], got 2.0"),
     ("actor_bc_source=online", "error: algo.actor_bc_source must be one of all, offline, got 'online'"),
 ])

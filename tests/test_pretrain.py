@@ -51,14 +51,21 @@ def test_cli_smoke_through_the_simulator(small_dataset, tmp_path):
 
 def test_cli_cql_in_low_dimensional_mode(small_dataset, tmp_path):
     run_dir = tmp_path / "run"
-    result = _pretrain("algo=cql", "dataset=pickplace_lowdim", f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST)
+    result = _pretrain("algo=cql", "dataset=pickplace_lowdim", f"dataset.path={small_dataset}", "algo.policy_average_tau=0.05",
+                       f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     assert checkpoint["algo"] == "cql" and checkpoint["config"]["algo"]["name"] == "cql"
     assert set(checkpoint["obs_spec"]) == {"robot0_eef_pos", "robot0_gripper_qpos", "object"}
     with open(run_dir / "train.csv") as f:
         columns = next(csv.reader(f))
-    assert "cql_gap" in columns and "bound_rate" not in columns  # CQL: no Monte-Carlo bound
+    # CQL has no Monte-Carlo bound, but reports how many policy actions it would lift
+    assert "cql_gap" in columns and "bound_rate" in columns
+    with open(run_dir / "eval.csv") as f:
+        evals = list(csv.DictReader(f))
+    # with a policy average, every evaluation scores the average and the trained weights (by default)
+    assert evals and all(row["policy_average"] == "1.0" and row["trained_success_rate"] != "" for row in evals)
+    assert all(0.0 <= float(row["q_policy_below_mc"]) <= 1.0 for row in evals)
 
 
 @pytest.mark.parametrize(
