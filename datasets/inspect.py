@@ -26,6 +26,7 @@ from typing import Any, Iterator, Optional
 import cv2
 import h5py
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import imageio.v3 as iio
 import numpy as np
 from hydra.core.config_store import ConfigStore
@@ -33,6 +34,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from datasets.atomic import atomic_path, write_bytes_atomically
+from datasets.command_line import check_overrides, remove_empty_run_dir
 from datasets.offline import ACTION_TOLERANCE, REQUIRED_DEMO_KEYS, succeeded
 from datasets.replay import is_image
 from datasets.robomimic_hdf5 import demo_names, open_dataset, read_env_args
@@ -346,6 +348,7 @@ def main(cfg) -> None:
         inspect_dataset(config)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        remove_empty_run_dir(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
     except OSError as error:  # an output that cannot be written: a full disk, no permission
         print(f"error: {error}", file=sys.stderr)
@@ -353,4 +356,5 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:], PROJECT_ROOT / "configs", "inspect")
     main()

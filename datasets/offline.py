@@ -197,7 +197,7 @@ def iter_episodes(
 def file_obs_spec(path: str | Path, obs_keys: list[str], image_size: int | None = None) -> ObsSpec:
     """Shapes and dtypes of ``obs_keys`` in the first demo of a file, images resized to
     ``image_size`` when given."""
-    with h5py.File(path, "r") as f:
+    with open_dataset(path) as f:
         first = demo_names(f)[0]
         group = f[f"data/{first}/obs"]
         missing = [k for k in obs_keys if k not in group]

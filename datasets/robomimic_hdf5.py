@@ -165,7 +165,7 @@ def demo_names(f: h5py.File, filter_key: str | None = None) -> list[str]:
 
 def read_env_args(path: str | os.PathLike) -> dict[str, Any]:
     """The ``env_args`` a file was made with (``env_name`` and ``env_kwargs``)."""
-    with h5py.File(path, "r") as f:
+    with open_dataset(path) as f:
         if "data" not in f or "env_args" not in f["data"].attrs:
             raise ValueError(f"{path}: no 'env_args' attribute on the 'data' group (robomimic files record the env "
                              f"they were made in there); add it, e.g. data.attrs['env_args'] = "

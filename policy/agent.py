@@ -93,7 +93,7 @@ class Agent(nn.Module):
                  device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.config = config
-        self.check_settings()
+        self.check_settings(config)
         self.action_dim = action_dim
         self.device = torch.device(device)
         # Trained by the critic's losses; actors and value heads read its features detached.
@@ -112,16 +112,21 @@ class Agent(nn.Module):
         self._cuda_graphs = False
 
     # --------------------------------------------------------------------------- settings
-    def check_settings(self) -> None:
-        """Raise ValueError naming the first setting of ``self.config`` out of its range; an
-        algorithm with settings of its own extends it."""
-        config = self.config
+    @classmethod
+    def check_settings(cls, config: AlgoConfig) -> None:
+        """Raise ValueError naming the first setting of ``config`` out of its range (before any
+        agent or data exists: the registry's check_config calls it); an algorithm with settings
+        of its own extends it."""
         if config.n_step < 1:
             raise ValueError(f"algo.n_step must be >= 1, got {config.n_step}")
         if not 0.0 < config.gamma <= 1.0:
             raise ValueError(f"algo.gamma must be in (0, 1], got {config.gamma}")
         if not 0.0 <= config.policy_average_tau <= 1.0:
             raise ValueError(f"algo.policy_average_tau must be in [0, 1], got {config.policy_average_tau}")
+        if not 0.0 < config.tau <= 1.0:  # 0 would leave the target networks where they started
+            raise ValueError(f"algo.tau must be in (0, 1], got {config.tau}")
+        if config.hidden_dim < 1:
+            raise ValueError(f"algo.hidden_dim must be positive, got {config.hidden_dim}")
 
     def change_setting(self, name: str, value: Any) -> None:
         """Change one setting of the algorithm's config (fine-tuning's online options); the config,
@@ -132,7 +137,7 @@ class Agent(nn.Module):
         before = getattr(self.config, name)
         setattr(self.config, name, value)
         try:
-            self.check_settings()
+            self.check_settings(self.config)
         except ValueError:
             setattr(self.config, name, before)
             raise

@@ -53,6 +53,7 @@ def check_config(config: AlgoConfig) -> None:
     if type(config) is not algorithm.config:
         raise ValueError(f"algo.name={config.name} contradicts the {type(config).__name__} settings it came with; "
                          f"select the algorithm with algo={config.name} instead")
+    algorithm.agent.check_settings(config)
 
 
 def algo_config(values: dict[str, Any]) -> AlgoConfig:

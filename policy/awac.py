@@ -32,11 +32,15 @@ class AWACConfig(AlgoConfig):
 
 
 class AWACAgent(Agent):
+    @classmethod
+    def check_settings(cls, config: AWACConfig) -> None:
+        super().check_settings(config)
+        if config.awac_lambda <= 0:
+            raise ValueError(f"algo.awac_lambda must be positive, got {config.awac_lambda}")
+
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: AWACConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
-        if config.awac_lambda <= 0:
-            raise ValueError(f"algo.awac_lambda must be positive, got {config.awac_lambda}")
         self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim,
                                      layer_norm=config.critic_layer_norm)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)

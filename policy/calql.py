@@ -180,12 +180,13 @@ class CalQLAgent(Agent):
             self.optimizers["cql_alpha"] = self.adam([self.log_cql_alpha], lr=config.critic_lr)
 
     # --------------------------------------------------------------------------- learning
-    def check_settings(self) -> None:
-        super().check_settings()
-        if self.config.actor_bc_weight < 0:
-            raise ValueError(f"algo.actor_bc_weight must be >= 0, got {self.config.actor_bc_weight}")
-        if self.config.actor_bc_source not in BC_SOURCES:
-            raise ValueError(f"algo.actor_bc_source must be one of {', '.join(BC_SOURCES)}, got {self.config.actor_bc_source!r}")
+    @classmethod
+    def check_settings(cls, config: SACConfig) -> None:
+        super().check_settings(config)
+        if config.actor_bc_weight < 0:
+            raise ValueError(f"algo.actor_bc_weight must be >= 0, got {config.actor_bc_weight}")
+        if config.actor_bc_source not in BC_SOURCES:
+            raise ValueError(f"algo.actor_bc_source must be one of {', '.join(BC_SOURCES)}, got {config.actor_bc_source!r}")
 
     def learn(self, batch: Batch) -> Metrics:
         cfg = self.config

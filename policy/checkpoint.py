@@ -56,6 +56,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and sanity-check a checkpoint; a clear ``ValueError`` for anything else."""
     path = Path(path)
+    if path.is_dir():
+        inside = [name for name in ("checkpoint.pt", "best.pt") if (path / name).is_file()]
+        raise ValueError(f"{path} is a directory, not a checkpoint file; give the file"
+                         + (f": {path / inside[0]}" if inside else " (a run directory holds checkpoint.pt and best.pt)"))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     exported = _exported_kind(path)

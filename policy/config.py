@@ -31,6 +31,12 @@ class DatasetConfig:
     # evaluation env then renders at N. null: the file's size.
     image_size: Optional[int] = None
 
+    def check(self) -> None:
+        """What no file can satisfy, refused before any file is opened."""
+        if not self.obs_keys:
+            raise ValueError("dataset.obs_keys is empty: name the observations the policy reads, e.g. "
+                             "dataset.obs_keys=[agentview_image,robot0_eef_pos,robot0_gripper_qpos]")
+
 
 @dataclass
 class EnvConfig:

@@ -47,7 +47,8 @@ from policy.config import CONTROLS, EVAL_SEED_BASE, EVAL_SEED_STRIDE, Experiment
 from policy.pretrain import PROJECT_ROOT  # noqa: E402
 from policy.results import DECIMALS, FIGURES, POLICY_NAMES, run_dir_figures, stage_averaged  # noqa: E402
 from policy.run import (  # noqa: E402
-    check_command_line, check_writable, exit_on_error, reject_unknown_choice, resolve_device, run_workspace,
+    check_command_line, check_name, check_writable, exit_on_error, reject_unknown_choice, resolve_device, run_dir_lock,
+    run_workspace,
 )
 
 STAGES = ("pretrain", "finetune")
@@ -275,8 +276,14 @@ def write_result(run_dir: Path, state: dict[str, Any], configs: dict[str, Any]) 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     """Both stages of the run in ``run_dir`` (those not finished yet), then its result."""
     check_config(cfg.algo)
+    check_name(cfg.protocol.name, "protocol.name")
     if cfg.control not in CONTROLS:
         raise ValueError(f"unknown control {cfg.control!r}; available: {', '.join(CONTROLS)}")
+    with run_dir_lock(run_dir):
+        return run_stages(cfg, run_dir)
+
+
+def run_stages(cfg: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     threads = job_threads(cfg.threads)
     overrides = {stage: stage_overrides(cfg, stage, run_dir, threads) for stage in STAGES}
     configs = {stage: compose_stage(stage, overrides[stage], cfg.protocol.name) for stage in STAGES}
@@ -330,8 +337,23 @@ def reject_unknown_protocol(argv: list[str]) -> None:
         reject_unknown_choice(argv, ("protocol",), known, "protocol", f"available: {', '.join(known)}")
 
 
+def reject_unsafe_protocol_name(argv: list[str]) -> None:
+    """A ``protocol.name=`` on the command line that could not be a directory name (it becomes
+    one before the run starts): one line and exit 2."""
+    for arg in argv:
+        key, assigned, value = arg.partition("=")
+        if assigned and key.lstrip("+~") == "protocol.name":
+            for name in value.split(","):
+                try:
+                    check_name(name.strip("'\""), "protocol.name")
+                except ValueError as error:
+                    print(f"error: {error}", file=sys.stderr)
+                    sys.exit(2)
+
+
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
     reject_unknown_protocol(sys.argv[1:])
+    reject_unsafe_protocol_name(sys.argv[1:])
     reject_unknown_choice(sys.argv[1:], ("control",), CONTROLS, "control", f"available: {', '.join(CONTROLS)}")
+    check_command_line(sys.argv[1:], "experiment")
     main()

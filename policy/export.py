@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import onnx
 import torch
 import torch.nn as nn
@@ -35,6 +36,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from datasets.atomic import atomic_path, write_bytes_atomically
+from datasets.command_line import check_overrides, remove_empty_run_dir
 from datasets.replay import is_image
 from policy.checkpoint import load_checkpoint, restore_agent
 
@@ -199,6 +201,10 @@ def export_policy(checkpoint_path: str | Path, out: str | Path, formats: tuple[s
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown format(s) {sorted(unknown)}; available: {', '.join(FORMATS)}")
+    accepted = [SUFFIXES[fmt] for fmt in ("torchscript", *formats)]
+    if Path(out).suffix not in accepted:
+        raise ValueError(f"out={out}: a file of these formats ends in {' or '.join(dict.fromkeys(accepted))} "
+                         f"(TorchScript: .pt; format=torch_export adds .pt2, format=onnx .onnx)")
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     agent = restore_agent(checkpoint).eval()
@@ -254,10 +260,12 @@ def main(cfg) -> None:
         written = export_policy(config.checkpoint, config.out, formats)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        remove_empty_run_dir(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
     for fmt, path in written.items():
         print(f"wrote {fmt}: {path}")
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:], PROJECT_ROOT / "configs", "export")
     main()

@@ -7,7 +7,8 @@ Every finished episode gets its Monte-Carlo returns and enters the online buffer
 online transitions by ``mixing_ratio``. Cal-QL keeps its calibration on. Every
 ``eval_every`` env steps the deterministic policy is evaluated (success rate, return,
 length, cumulative regret) and one episode is recorded as mp4. Checkpoints hold the online
-buffer, so ``resume=true`` continues a killed run; episodes in progress at the kill are lost.
+buffer and are taken at episode boundaries, so ``resume=true`` continues a killed run with
+the data and updates of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from datasets.offline import load_replay  # noqa: E402
 from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, is_image, sample_offline_online  # noqa: E402
 from datasets.returns import RewardConfig, episode_rewards_and_returns  # noqa: E402
 from perception.encoders import EncoderConfig  # noqa: E402
-from policy.agent import Agent  # noqa: E402
+from policy.agent import Agent, AlgoConfig  # noqa: E402
 from policy.algorithms import algo_config, check_config, lookup, make_agent  # noqa: E402
 from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
 from policy.config import FinetuneConfig  # noqa: E402
@@ -60,6 +61,17 @@ class Workspace:
             raise ValueError(f"mixing_ratio must be in [0, 1], got {cfg.mixing_ratio}")
         if cfg.utd <= 0:
             raise ValueError(f"utd must be positive, got {cfg.utd}")
+        if cfg.algo is not None and not isinstance(cfg.algo, AlgoConfig):
+            raise ValueError("algo.* settings without an algorithm: choose it with algo=NAME beside them (e.g. "
+                             "algo=sac algo.tau=0.01); a checkpoint brings its own")
+        if cfg.checkpoint is None:  # from scratch, the observations are dataset.obs_keys
+            cfg.dataset.check()
+        if cfg.freeze_encoder and cfg.checkpoint is None:
+            raise ValueError("freeze_encoder=true keeps a pretrained encoder fixed, but this run trains from scratch "
+                             "(no checkpoint=): its random encoder would never learn; drop freeze_encoder or give a checkpoint")
+        if cfg.sampling == "offline" and not cfg.offline_data:
+            raise ValueError("sampling=offline (the offline-only control) trains on the offline data only, but "
+                             "offline_data=false; set offline_data=true or choose sampling=mixed|uniform")
         self.cfg, self.run_dir = cfg, run_dir
         self.device = resolve_device(cfg.device)
         check_speed_options(cfg.compile, cfg.cuda_graphs, cfg.encoder_bf16, self.device)
@@ -105,7 +117,10 @@ class Workspace:
         check_obs_spec(self.obs_spec, probe.observation_space, self.env_name, "checkpoint")
         for option in ("actor_bc_weight", "actor_bc_source", "policy_average_tau"):
             if getattr(cfg, option) is not None:
-                self.agent.change_setting(option, getattr(cfg, option))
+                try:
+                    self.agent.change_setting(option, getattr(cfg, option))
+                except ValueError as error:  # named as this command line spells it
+                    raise ValueError(str(error).replace(f"algo.{option}", option)) from None
         if cfg.actor_lr is not None:
             if not cfg.actor_lr > 0:
                 raise ValueError(f"actor_lr must be > 0, got {cfg.actor_lr}")
@@ -141,9 +156,6 @@ class Workspace:
                              f"policy's input size, set by env.kwargs.image_size; drop dataset.image_size")
         self.offline: ReplayBuffer | None = None
         self.calibration: Batch | None = None  # held-out offline states, as in pretraining
-        if cfg.sampling == "offline" and not cfg.offline_data:
-            raise ValueError("sampling=offline (the offline-only control) trains on the offline data only, but "
-                             "offline_data=false; set offline_data=true or choose sampling=mixed|uniform")
         if cfg.offline_data and not (cfg.sampling == "mixed" and cfg.mixing_ratio == 0):
             if offline_path is None:
                 offline_path = str(dataset_path(cfg.dataset))
@@ -163,12 +175,17 @@ class Workspace:
         log.info("online buffer: capacity %d transitions, %.1f MB", capacity, self.online.nbytes / 2**20)
 
         self.env_steps = self.updates = self.episodes = self.faults = 0
+        self.updates_due = 0.0  # earned by finished episodes, not yet made (a fraction when utd is one)
+        self.window = MetricWindow()  # the update metrics of the next train.csv row
+        self.sim_seconds = self.learn_seconds = 0.0
         self.eval_history: list[list[float]] = []  # (env_steps, success_rate)
         if resumed is not None:
             self.online.load_state_dict(resumed["online_buffer"])
             counters = resumed["counters"]
             self.env_steps, self.updates = int(counters["env_steps"]), int(counters["updates"])
             self.episodes, self.faults = int(counters["episodes"]), int(counters["faults"])
+            self.updates_due = float(counters.get("updates_due", 0.0))
+            self.window.load_state_dict(resumed.get("metric_window", {}))
             self.eval_history = [list(row) for row in resumed["eval_history"]]
             self.clock.continue_from(resumed.get("wall_seconds", 0.0))  # absent in older checkpoints
             restore_rng_state(resumed["rng"], self.rng, self.sampler)
@@ -206,7 +223,9 @@ class Workspace:
             "dataset": getattr(self, "offline_path", None),
             "agent": self.agent.training_state(),
             "step": self.updates,
-            "counters": {"env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes, "faults": self.faults},
+            "counters": {"env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes, "faults": self.faults,
+                         "updates_due": self.updates_due},
+            "metric_window": self.window.state_dict(),
             "eval_history": self.eval_history,
             "wall_seconds": self.clock.seconds(),
             "online_buffer": self.online.state_dict(),
@@ -253,84 +272,117 @@ class Workspace:
 
     # ------------------------------------------------------------------------------- loop
     def train(self) -> dict[str, float]:
+        """Collect -> store -> update -> evaluate -> checkpoint, until ``env_steps``.
+
+        A checkpoint is taken only at an episode boundary of every env, so that it holds exactly
+        the data and updates that its counters say and a resumed run goes on as the uninterrupted
+        one would: once one is due, each env finishes its episode and then idles (its steps are
+        neither kept nor counted) until the last one has finished; the checkpoint is written and
+        every env starts a new episode. The budget's end stops at once (its episodes in progress
+        are dropped)."""
         cfg = self.cfg
         envs = sim.make_vector_env(self.env_name, cfg.num_envs, fault_tolerant=True, autoreset_mode="SameStep", **self.env_kwargs)
-        keys = sorted(self.obs_spec)
-        episodes: list[dict[str, list]] = [self._empty_episode() for _ in range(cfg.num_envs)]
-        obs, _ = envs.reset(seed=[int(s) for s in self.rng.integers(2**31, size=cfg.num_envs)])
-        updates_due, window = 0.0, MetricWindow()
-        sim_time = learn_time = 0.0
+        episodes = [self._empty_episode() for _ in range(cfg.num_envs)]
+        collecting = np.ones(cfg.num_envs, bool)  # False: the env waits for a checkpoint
         next_eval = (self.env_steps // cfg.eval_every + 1) * cfg.eval_every
         next_checkpoint = (self.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-        last_eval: dict[str, float] = {}
-        bar = tqdm(total=cfg.env_steps, initial=self.env_steps, desc=f"finetune {self.algo}", unit="step", dynamic_ncols=True)
+        checkpoint_due, last_eval = False, {}
+        self.bar = tqdm(total=cfg.env_steps, initial=self.env_steps, desc=f"finetune {self.algo}", unit="step", dynamic_ncols=True)
         try:
+            obs = self._start_episodes(envs)
             if cfg.eval_at_start and self.env_steps == 0:
                 # the starting point of the curve, measured exactly like every later point
-                start_eval = self.evaluate(before_training=True)
-                self.logger.log("eval", 0, {**start_eval, "updates": 0, "sim_faults": 0, "wall_seconds": self.clock.seconds()})
-                tqdm.write(f"env step 0 (before fine-tuning): success {start_eval['success_rate']:.2f}")
+                self._log_evaluation(self.evaluate(before_training=True))
             while self.env_steps < cfg.env_steps:
-                actions = self.agent.act({k: obs[k] for k in keys}, deterministic=False)
-                start = time.perf_counter()
-                next_obs, rewards, terminated, truncated, info = envs.step(actions)
-                sim_time += time.perf_counter() - start
-                # counted before the episodes that this step ends are logged: a checkpoint at
-                # env step E holds exactly the episodes logged at steps <= E
-                self.env_steps += cfg.num_envs
-                bar.update(cfg.num_envs)
-                done = terminated | truncated
-                for i in range(cfg.num_envs):
-                    # with same-step autoreset a finished env already shows its reset observation
-                    following = info["final_obs"][i] if done[i] else {k: next_obs[k][i] for k in keys}
-                    episode = episodes[i]
-                    episode["obs"].append({k: obs[k][i] for k in keys})
-                    episode["next_obs"].append({k: following[k] for k in keys})
-                    episode["actions"].append(actions[i])
-                    episode["rewards"].append(rewards[i])
-                    episode["terminals"].append(bool(terminated[i]))
-                    if done[i]:
-                        final_info = info["final_info"]
-                        fault = bool(final_info.get("sim_fault", np.zeros(cfg.num_envs, bool))[i])
-                        updates_due += self._finish_episode(episode, bool(final_info["is_success"][i]), fault)
-                        episodes[i] = self._empty_episode()
-                obs = next_obs
-
-                start = time.perf_counter()
-                while updates_due >= 1.0:
-                    batch = sample_offline_online(self.offline, self.online, cfg.batch_size, self.sampler,
-                                                  self.agent.config.gamma, self.agent.config.n_step,
-                                                  cfg.sampling, cfg.mixing_ratio)
-                    window.add({**self.agent.update(batch), "online_share": batch.online.mean()})
-                    self.updates += 1
-                    updates_due -= 1.0
-                    if self.updates % cfg.log_every == 0:
-                        self.agent.raise_if_nonfinite()
-                        averaged = window.averages()
-                        averaged.update(env_steps=self.env_steps, episodes=self.episodes, sim_faults=self.faults,
-                                        sim_seconds=sim_time, learn_seconds=learn_time + time.perf_counter() - start)
-                        self.logger.log("train", self.updates, averaged)
-                # the next actions come from these weights: they must be finite
-                self.agent.raise_if_nonfinite()
-                learn_time += time.perf_counter() - start
-
+                obs = self._collect_step(envs, obs, episodes, collecting, checkpoint_due)
+                self._update()
                 if self.env_steps >= next_eval or self.env_steps >= cfg.env_steps:
                     next_eval += cfg.eval_every
-                    last_eval = self.evaluate()
-                    self.logger.log("eval", self.env_steps, {**last_eval, "updates": self.updates, "sim_faults": self.faults,
-                                                             "wall_seconds": self.clock.seconds()})
-                    bar.set_postfix(success=f"{last_eval['success_rate']:.2f}", regret=f"{last_eval['cumulative_regret']:.2f}")
-                    tqdm.write(f"env step {self.env_steps}: success {last_eval['success_rate']:.2f}, "
-                               f"cumulative regret {last_eval['cumulative_regret']:.2f}")
-                if self.env_steps >= next_checkpoint or self.env_steps >= cfg.env_steps:
-                    next_checkpoint += cfg.checkpoint_every
+                    last_eval = self._log_evaluation(self.evaluate())
+                checkpoint_due = checkpoint_due or self.env_steps >= next_checkpoint
+                if checkpoint_due and not collecting.any():
+                    next_checkpoint = (self.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
                     self.save()
+                    obs, checkpoint_due, collecting[:] = self._start_episodes(envs), False, True
+            self.save()
         finally:
-            bar.close()
+            self.bar.close()
             envs.close()
-        total = sim_time + learn_time
-        log.info("time: simulation %.1f s, learning %.1f s (%.0f%% learning)", sim_time, learn_time, 100 * learn_time / max(total, 1e-9))
-        return {**last_eval, "sim_seconds": sim_time, "learn_seconds": learn_time, "wall_seconds": self.clock.seconds()}
+        total = self.sim_seconds + self.learn_seconds
+        log.info("time: simulation %.1f s, learning %.1f s (%.0f%% learning)", self.sim_seconds, self.learn_seconds,
+                 100 * self.learn_seconds / max(total, 1e-9))
+        return {**last_eval, "sim_seconds": self.sim_seconds, "learn_seconds": self.learn_seconds,
+                "wall_seconds": self.clock.seconds()}
+
+    def _start_episodes(self, envs) -> dict[str, np.ndarray]:
+        """Every env at the start of a new episode, seeded from the run's generator."""
+        obs, _ = envs.reset(seed=[int(seed) for seed in self.rng.integers(2**31, size=self.cfg.num_envs)])
+        return obs
+
+    def _collect_step(self, envs, obs: dict[str, np.ndarray], episodes: list[dict[str, list]], collecting: np.ndarray,
+                      checkpoint_due: bool) -> dict[str, np.ndarray]:
+        """One step of every env with the exploring policy; the steps of collecting envs go into
+        their episodes, and a finished episode into the online buffer (an env whose episode ends
+        while a checkpoint is due stops collecting). Returns the next observations."""
+        keys = sorted(self.obs_spec)
+        actions = self.agent.act({k: obs[k] for k in keys}, deterministic=False)
+        start = time.perf_counter()
+        next_obs, rewards, terminated, truncated, info = envs.step(actions)
+        self.sim_seconds += time.perf_counter() - start
+        # counted before the episodes that this step ends are logged: a checkpoint at env step
+        # E holds exactly the episodes logged at steps <= E
+        kept = int(collecting.sum())
+        self.env_steps += kept
+        self.bar.update(kept)
+        done = terminated | truncated
+        for i in np.flatnonzero(collecting):
+            # with same-step autoreset a finished env already shows its reset observation
+            following = info["final_obs"][i] if done[i] else {k: next_obs[k][i] for k in keys}
+            episode = episodes[i]
+            episode["obs"].append({k: obs[k][i] for k in keys})
+            episode["next_obs"].append({k: following[k] for k in keys})
+            episode["actions"].append(actions[i])
+            episode["rewards"].append(rewards[i])
+            episode["terminals"].append(bool(terminated[i]))
+            if done[i]:
+                final_info = info["final_info"]
+                fault = bool(final_info.get("sim_fault", np.zeros(len(done), bool))[i])
+                self.updates_due += self._finish_episode(episode, bool(final_info["is_success"][i]), fault)
+                episodes[i] = self._empty_episode()
+                collecting[i] = not checkpoint_due
+        return next_obs
+
+    def _update(self) -> None:
+        """The gradient updates the finished episodes have earned, logged every ``log_every``."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        while self.updates_due >= 1.0:
+            batch = sample_offline_online(self.offline, self.online, cfg.batch_size, self.sampler,
+                                          self.agent.config.gamma, self.agent.config.n_step, cfg.sampling, cfg.mixing_ratio)
+            self.window.add({**self.agent.update(batch), "online_share": batch.online.mean()})
+            self.updates += 1
+            self.updates_due -= 1.0
+            if self.updates % cfg.log_every == 0:
+                self.agent.raise_if_nonfinite()
+                averaged = self.window.averages()
+                averaged.update(env_steps=self.env_steps, episodes=self.episodes, sim_faults=self.faults,
+                                sim_seconds=self.sim_seconds,
+                                learn_seconds=self.learn_seconds + time.perf_counter() - start)
+                self.logger.log("train", self.updates, averaged)
+        # the next actions come from these weights: they must be finite
+        self.agent.raise_if_nonfinite()
+        self.learn_seconds += time.perf_counter() - start
+
+    def _log_evaluation(self, metrics: dict[str, float]) -> dict[str, float]:
+        self.logger.log("eval", self.env_steps, {**metrics, "updates": self.updates, "sim_faults": self.faults,
+                                                 "wall_seconds": self.clock.seconds()})
+        if "cumulative_regret" in metrics:
+            self.bar.set_postfix(success=f"{metrics['success_rate']:.2f}", regret=f"{metrics['cumulative_regret']:.2f}")
+            tqdm.write(f"env step {self.env_steps}: success {metrics['success_rate']:.2f}, "
+                       f"cumulative regret {metrics['cumulative_regret']:.2f}")
+        else:
+            tqdm.write(f"env step {self.env_steps} (before fine-tuning): success {metrics['success_rate']:.2f}")
+        return metrics
 
     @staticmethod
     def _empty_episode() -> dict[str, list]:
@@ -371,5 +423,5 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
+    check_command_line(sys.argv[1:], "finetune")
     main()

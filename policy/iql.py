@@ -53,11 +53,15 @@ def weighted_log_likelihood_loss(logp_data: torch.Tensor, weights: torch.Tensor)
 
 
 class IQLAgent(Agent):
+    @classmethod
+    def check_settings(cls, config: IQLConfig) -> None:
+        super().check_settings(config)
+        if not 0.0 < config.expectile < 1.0:
+            raise ValueError(f"algo.expectile must be in (0, 1), got {config.expectile}")
+
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: IQLConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
-        if not 0.0 < config.expectile < 1.0:
-            raise ValueError(f"algo.expectile must be in (0, 1), got {config.expectile}")
         self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim,
                                      layer_norm=config.critic_layer_norm)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)

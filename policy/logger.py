@@ -95,6 +95,13 @@ class MetricWindow:
     def __len__(self) -> int:
         return max((len(values) for values in self._values.values()), default=0)
 
+    def state_dict(self) -> dict[str, list[float]]:
+        """The values collected so far, as numbers (a checkpoint carries them)."""
+        return {name: [float(v) for v in values] for name, values in self._values.items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self._values = {name: list(values) for name, values in state.items()}
+
     def averages(self) -> dict[str, float]:
         """The mean of each metric over the window; empties the window."""
         names = list(self._values)

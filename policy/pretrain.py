@@ -104,6 +104,7 @@ class Workspace:
     def __init__(self, cfg: PretrainConfig, run_dir: Path) -> None:
         self.clock = WallClock()
         check_config(cfg.algo)
+        cfg.dataset.check()
         for name in ("steps", "batch_size", "eval_every", "eval_episodes", "eval_workers", "log_every", "checkpoint_every"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
@@ -254,5 +255,5 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
+    check_command_line(sys.argv[1:], "pretrain")
     main()

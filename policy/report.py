@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from datasets.atomic import is_out_of_space, write_bytes_atomically
+from policy.run import check_name
 from policy.results import (
     DECIMALS, FIGURES, POLICIES, POLICY_NAMES, Series, bootstrap_interval, finetune_series, policy_figures, read_csv,
     stage_averaged, success_series, wilson_interval,
@@ -118,6 +119,7 @@ def find_runs(directory: Path) -> list[Run]:
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{run_dir}: not a run of this version of policy.experiment ({type(error).__name__}: "
                              f"{error})") from None
+        check_name(identity[0], f"{run_dir}: protocol name")  # it names the plot files
         run = Run(run_dir, *identity, result)
         for stage in STAGES:
             run.evals[stage] = read_csv(run_dir / stage / "eval.csv")

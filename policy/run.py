@@ -5,20 +5,27 @@ full disk)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
 
 from datasets.atomic import is_out_of_space, remove_stale_temporaries
+from datasets.command_line import check_overrides, remove_empty_run_dir
 from policy.agent import NonFiniteLossError
 from policy.algorithms import REGISTRY, registered
 
 LOG_FILES = ("train.csv", "eval.csv", "episodes.csv")
+LOCK_FILE = ".lock"  # held by the live process that owns a run directory
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RUN_OUTPUTS = ("checkpoint.pt", "best.pt", *LOG_FILES, "tb", "videos")
 T = TypeVar("T")
 
@@ -66,6 +73,39 @@ def check_writable(directory: Path) -> None:
         raise ValueError(f"run directory {directory} is not writable ({error.strerror or error})") from None
 
 
+def check_name(name: str, what: str) -> None:
+    """A name that becomes part of a path: letters, digits, ``_``, ``.`` and ``-`` only, so that it
+    cannot leave its parent directory or hide."""
+    if not SAFE_NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r} becomes a directory or file name: use letters, digits, '_', '.' and '-' "
+                         f"only, starting with a letter or digit")
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Own ``run_dir`` while the block runs: a second live process is refused with one line. The
+    operating system drops the lock when its holder dies, so a killed run's leftover never
+    blocks the run that continues it."""
+    check_writable(run_dir)
+    handle = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ValueError(f"{run_dir} is in use by another live run (process {holder}): wait for it to end, or give "
+                         f"this run another hydra.run.dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
     """Make sure ``run_dir`` can take this run before any work: it is writable, a fresh run
     does not silently overwrite or append to an earlier one, and leftovers of interrupted
@@ -108,18 +148,27 @@ class WallClock:
         return self.before + time.perf_counter() - self.started
 
 
-def check_command_line(argv: list[str]) -> None:
-    """What can be refused before hydra composes the config: an unknown algorithm and a run
-    (or sweep) directory that cannot be written (hydra would fail on it with a traceback)."""
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def check_command_line(argv: list[str], config_name: str) -> None:
+    """What can be refused before hydra runs the entry point ``config_name``: an unknown
+    algorithm, a run (or sweep) directory that cannot be written (hydra would fail on it with a
+    traceback), and overrides that do not compose (datasets/command_line.py)."""
     reject_unknown_algorithm(argv)
     for arg in argv:
         key, assigned, value = arg.partition("=")
         if assigned and key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and "${" not in value:
+            directory = Path(value).absolute()
+            created = next((d for d in reversed([directory, *directory.parents]) if not d.exists()), None)
             try:
-                check_writable(Path(value))
+                check_writable(directory)
+                if created is not None:  # made only to try: the run makes it when it starts
+                    shutil.rmtree(created, ignore_errors=True)
             except ValueError as error:
                 print(f"error: {error}", file=sys.stderr)
                 sys.exit(2)
+    check_overrides(argv, CONFIG_DIR, config_name)
 
 
 def reject_unknown_algorithm(argv: list[str]) -> None:
@@ -144,20 +193,18 @@ def reject_unknown_choice(argv: list[str], keys: Iterable[str], known: Iterable[
 
 
 def run_workspace(make_workspace: Callable[[], Any], run_dir: Path) -> dict[str, float]:
-    """Build and train a Workspace, with the exit statuses of :func:`exit_on_error` (the
-    last checkpoint in ``run_dir`` is kept as it was). Returns the final evaluation."""
-    workspace = None
-
+    """Build and train a Workspace in ``run_dir``, owned by this process while it runs, with
+    the exit statuses of :func:`exit_on_error` (the last checkpoint in ``run_dir`` is kept as it
+    was). Returns the final evaluation."""
     def train() -> dict[str, float]:
-        nonlocal workspace
-        workspace = make_workspace()
-        return workspace.train()
+        with run_dir_lock(run_dir):
+            workspace = make_workspace()
+            try:
+                return workspace.train()
+            finally:
+                workspace.close()
 
-    try:
-        return exit_on_error(train, run_dir)
-    finally:
-        if workspace is not None:
-            workspace.close()
+    return exit_on_error(train, run_dir)
 
 
 def exit_on_error(action: Callable[[], T], run_dir: Path) -> T:
@@ -172,6 +219,7 @@ def exit_on_error(action: Callable[[], T], run_dir: Path) -> T:
         sys.exit(1)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        remove_empty_run_dir(run_dir)
         sys.exit(2)
     except OSError as error:
         if not is_out_of_space(error):

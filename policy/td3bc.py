@@ -45,11 +45,15 @@ def td3bc_actor_loss(q_policy: torch.Tensor, policy_actions: torch.Tensor, data_
 
 
 class TD3BCAgent(Agent):
+    @classmethod
+    def check_settings(cls, config: TD3BCConfig) -> None:
+        super().check_settings(config)
+        if config.policy_delay < 1:
+            raise ValueError(f"algo.policy_delay must be >= 1, got {config.policy_delay}")
+
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: TD3BCConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
-        if config.policy_delay < 1:
-            raise ValueError(f"algo.policy_delay must be >= 1, got {config.policy_delay}")
         self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim,
                                      layer_norm=config.critic_layer_norm)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)

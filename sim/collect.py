@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import sim
+from datasets.command_line import check_overrides, remove_empty_run_dir
 from datasets.robomimic_hdf5 import Episode, write_dataset
 from sim.expert import MODES, ScriptedExpert
 from sim.pickplace import PickPlaceConfig
@@ -45,6 +47,7 @@ class CollectConfig:
     seed: int = 0
     workers: int = 2
     valid_fraction: float = 0.1
+    overwrite: bool = False  # replace an existing file at `out` (only once the new one is complete)
     env: dict[str, Any] = field(default_factory=dict)  # keyword arguments for sim.make_env
     mix: dict[str, ModeMix] = field(
         default_factory=lambda: {
@@ -67,6 +70,8 @@ def _validate(config: CollectConfig) -> None:
         raise ValueError(f"episodes must be positive, got {config.episodes}")
     if config.workers < 1:
         raise ValueError(f"workers must be positive, got {config.workers}")
+    if config.seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {config.seed}")
     unknown = set(config.mix) - set(MODES)
     if unknown:
         raise ValueError(f"unknown expert modes in mix: {sorted(unknown)}; available: {', '.join(MODES)}")
@@ -140,6 +145,9 @@ def collect(config: CollectConfig) -> dict[str, Any]:
     except TypeError as error:
         raise ValueError(f"bad env argument: {error}") from None
     out = Path(config.out) if config.out else DEFAULT_DATASETS[config.task]
+    if out.exists() and not config.overwrite:
+        raise ValueError(f"{out} already exists: write the dataset elsewhere with out=PATH, or replace it with "
+                         f"overwrite=true (the old file stays until the new one is complete)")
     summary: dict[str, Any] = {"episodes": 0, "transitions": 0, "successes": 0, "by_mode": {}}
 
     def episodes() -> Iterator[Episode]:
@@ -175,6 +183,7 @@ def main(cfg) -> None:
         summary = collect(config)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        remove_empty_run_dir(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
     except OSError as error:  # a full disk or an unwritable destination
         print(f"error: {error}", file=sys.stderr)
@@ -186,4 +195,5 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:], PROJECT_ROOT / "configs", "collect")
     main()

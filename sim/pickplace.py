@@ -26,6 +26,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402  (MUJOCO_GL must be set before the first import)
 
 from sim.actions import checked_action  # noqa: E402
+from sim.lifetime import close_at_exit  # noqa: E402
 
 TABLE_TOP_Z = 0.8
 CUBE_HALF_SIZE = 0.025
@@ -392,6 +393,7 @@ class PickPlaceEnv(gym.Env):
 
     def _make_renderer(self, size: int) -> mujoco.Renderer:
         renderer = mujoco.Renderer(self.model, size, size)
+        close_at_exit(self)
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
             renderer.scene.flags[flag] = 0
         return renderer

@@ -117,41 +117,48 @@ def test_from_scratch_without_algo_is_sac_and_says_so(tmp_path):
     ("encoder=resnet18", "error: encoder=... cannot be combined with a checkpoint, which brings its own (encoder 'conv')"),
     ("sampling=half", "error: unknown sampling mode 'half'; available: mixed, uniform, offline"),
     ("sampling=offline offline_data=false", "error: sampling=offline (the offline-only control) trains on the offline data only, but offline_data=false"),
-    ("policy_average_tau=2", "error: algo.policy_average_tau must be in [0, 1], got 2.0"),
-    ("actor_bc_source=online", "error: algo.actor_bc_source must be one of all, offline, got 'online'"),
+    ("policy_average_tau=2", "error: policy_average_tau must be in [0, 1], got 2.0"),
+    ("actor_bc_source=online", "error: actor_bc_source must be one of all, offline, got 'online'"),
+    ("freeze_encoder=true checkpoint=null", "error: freeze_encoder=true keeps a pretrained encoder fixed, but this run trains from scratch"),
 ])
 def test_overrides_a_checkpoint_would_ignore_are_refused(trained, tmp_path, override, message):
     result = _finetune(f"checkpoint={trained}", *override.split(), f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_resume_after_sigkill(trained, small_dataset, tmp_path):
+def _without_clock(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in rows]
+
+
+def test_resume_after_sigkill_collects_what_an_uninterrupted_run_does(trained, small_dataset, tmp_path):
+    args = [f"checkpoint={trained}", "env_steps=240", "eval_every=120", "checkpoint_every=40", "video=false",
+            f"dataset.path={small_dataset}", *FAST]
+    whole = _finetune(*args, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
     run_dir = tmp_path / "run"
-    args = [f"checkpoint={trained}", "env_steps=300", "eval_every=1000", "checkpoint_every=40", "video=false",
-            f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST]
-    process = subprocess.Popen([sys.executable, "-m", "policy.finetune", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen([sys.executable, "-m", "policy.finetune", *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
     time.sleep(1.0)
-    os.killpg(process.pid, signal.SIGKILL)  # the trainer and its env workers, mid-run
+    os.killpg(process.pid, signal.SIGKILL)  # the trainer and its env workers, mid-run (mid-episode)
     process.wait()
-    killed_at = load_checkpoint(run_dir / "checkpoint.pt")["counters"]["env_steps"]
-    assert 0 < killed_at < 300
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    killed_at = checkpoint["counters"]["env_steps"]
+    assert 0 < killed_at < 240
+    # taken at an episode boundary: its counter is exactly the steps of the episodes it holds
+    assert checkpoint["online_buffer"]["size"] == killed_at
 
-    result = _finetune(*args, "resume=true")
+    result = _finetune(*args, f"hydra.run.dir={run_dir}", "resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from env step {killed_at}" in result.stdout
-    final = load_checkpoint(run_dir / "checkpoint.pt")
-    counters = final["counters"]
-    assert counters["env_steps"] >= 300
-    assert counters["updates"] == final["online_buffer"]["size"]  # buffer and optimiser steps restored together
-    # the logs hold each step once: rows the killed run wrote after its checkpoint were dropped
-    train_steps = [int(r["step"]) for r in _rows(run_dir / "train.csv")]
-    assert train_steps == sorted(set(train_steps))
-    episodes = _rows(run_dir / "episodes.csv")
-    assert sum(int(r["length"]) for r in episodes) == final["online_buffer"]["size"] and len(episodes) == counters["episodes"]
+    final, reference = load_checkpoint(run_dir / "checkpoint.pt"), load_checkpoint(tmp_path / "whole" / "checkpoint.pt")
+    assert final["counters"] == reference["counters"]
+    # the same episodes, updates and evaluations as the run that was never killed
+    for log in ("episodes.csv", "eval.csv", "train.csv"):
+        assert _without_clock(_rows(run_dir / log)) == _without_clock(_rows(tmp_path / "whole" / log)), log
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path):

@@ -134,7 +134,7 @@ def small_disk(tmp_path):
 def test_collect_on_a_full_disk_stops_cleanly(small_disk):
     destination = small_disk / "data.hdf5"
     destination.write_bytes(b"the previous file")
-    result = _cli("sim.collect", "episodes=30", "workers=1", f"out={destination}")
+    result = _cli("sim.collect", "episodes=30", "workers=1", f"out={destination}", "overwrite=true")
     assert result.returncode == 3
     assert f"\nerror: no space left on device writing {destination}\n" in "\n" + result.stderr  # on its own line
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
@@ -294,3 +294,90 @@ def test_step_before_reset_raises():
         env.step(np.zeros(4, np.float32))
     finally:
         env.close()
+
+
+# ----------------------------------------------------------- entry points' reliability
+def test_a_run_directory_is_owned_by_one_live_process(tmp_path):
+    from policy.run import run_dir_lock
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from policy.run import run_dir_lock\n"
+                               "with run_dir_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)", str(run_dir)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=f"is in use by another live run \\(process {holder.pid}\\)"):
+            with run_dir_lock(run_dir):
+                pass
+        # the same through an entry point: one line, exit 2, the holder's run untouched
+        refused = _cli("policy.pretrain", f"hydra.run.dir={run_dir}", "steps=2")
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir} is in use")
+        assert not (run_dir / "train.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_dir_lock(run_dir):  # the dead holder's lock file does not block
+        pass
+
+
+def test_names_that_become_paths_are_checked(tmp_path):
+    from policy.run import check_name
+
+    for bad in ("../x y/z", "a/b", ".hidden", "", "x y"):
+        with pytest.raises(ValueError, match="becomes a directory or file name"):
+            check_name(bad, "protocol.name")
+    check_name("image_cpu-2.x", "protocol.name")
+    result = _cli("policy.experiment", "protocol.name=../x y/z", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "protocol.name '../x y/z'" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("policy.pretrain", ["foo=bar"], "error: Could not override 'foo'. To append to your config use +foo=bar"),
+    ("policy.pretrain", ["steps=abc"], "error: Error merging override steps=abc (Value 'abc' of type 'str' could not be converted to Integer)"),
+    ("policy.experiment", ["+control=foo"], "error: unknown control 'foo'; available: none, offline_only"),
+    ("policy.experiment", ["+seed=3"], "error: Could not append to config. An item is already at 'seed'"),
+    ("policy.experiment", ["+foo=bar"], "error: unknown setting 'foo': ExperimentConfig has no field 'foo'"),
+    ("policy.finetune", ["+algo.tau=3"], "error: algo.* settings without an algorithm: choose it with algo=NAME"),
+    ("policy.pretrain", ["algo.tau=0"], "error: algo.tau must be in (0, 1], got 0.0"),
+    ("policy.pretrain", ["dataset.obs_keys=[]"], "error: dataset.obs_keys is empty"),
+    ("policy.finetune", ["checkpoint=."], "error: . is a directory, not a checkpoint file"),
+    ("policy.export", ["checkpoint=x.pt", "out=policy.xyz"], "error: out=policy.xyz: a file of these formats ends in .pt"),
+    ("sim.collect", ["seed=-1"], "error: seed must be a non-negative integer, got -1"),
+    ("datasets.inspect", ["+foo=1"], "error: unknown setting 'foo': InspectConfig has no field 'foo'"),
+])
+def test_refusals_are_one_line_exit_2_and_leave_nothing(tmp_path, module, args, message):
+    run_dir = tmp_path / "run"
+    extra = [f"out={tmp_path / 'out.hdf5'}"] if module == "sim.collect" else []
+    result = _cli(module, *args, *extra, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(message) and "Traceback" not in result.stderr, result.stderr
+    assert not run_dir.exists()  # no empty run directory left behind
+
+
+def test_dataset_that_is_not_hdf5_is_one_line(tmp_path):
+    for name, text in (("data.csv", "a,b\n1,2\n"), ("data.json", "{}")):
+        (tmp_path / name).write_text(text)
+        result = _cli("policy.pretrain", f"dataset.path={tmp_path / name}", f"hydra.run.dir={tmp_path / 'run'}")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / name}: not a readable HDF5 file")
+
+
+def test_collect_does_not_replace_an_existing_file_unasked(tmp_path):
+    existing = tmp_path / "data.hdf5"
+    existing.write_bytes(b"an earlier dataset")
+    result = _cli("sim.collect", "episodes=2", "workers=1", f"out={existing}")
+    assert result.returncode == 2 and f"{existing} already exists" in result.stderr and "overwrite=true" in result.stderr
+    assert existing.read_bytes() == b"an earlier dataset"
+
+
+def test_an_env_left_open_exits_without_egl_noise():
+    for code in ("import sim; e = sim.make_env('pickplace'); e.reset(seed=0); e.render()",
+                 "import gymnasium, sim; e = gymnasium.make('sim/pickplace-v0'); e.reset(seed=0)"):
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+
+
+def test_finetune_names_its_own_settings_in_refusals(trained, tmp_path):
+    result = _cli("policy.finetune", f"checkpoint={trained}", "policy_average_tau=-0.1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "error: policy_average_tau must be in [0, 1], got -0.1" in result.stderr

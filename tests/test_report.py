@@ -246,3 +246,12 @@ def test_report_refuses_what_it_cannot_read(tmp_path, capsys):
     assert report([str(tmp_path / "sweep"), f"out={tmp_path / 'out'}"]) == 2
     error = capsys.readouterr().err
     assert str(run_dir / "finetune" / "eval.csv") in error and "no finite success_rate" in error and error.count("\n") == 1
+    # and one without the column at all
+    _write_csv(run_dir / "finetune" / "eval.csv", [{"step": 0.0, "return": 0.5}, {"step": 2000.0, "return": 0.6}])
+    assert report([str(tmp_path / "sweep"), f"out={tmp_path / 'out'}"]) == 2
+    assert "no finite success_rate" in capsys.readouterr().err
+    # a protocol name that would put the plots outside out=
+    (run_dir / "experiment.json").write_text(json.dumps({"definition": {"algo": {"name": "calql"}, "seed": 0,
+                                                                       "protocol": {"name": "../up"}}, "stages": {}}))
+    assert report([str(tmp_path / "sweep"), f"out={tmp_path / 'out'}"]) == 2
+    assert "protocol name '../up' becomes a directory or file name" in capsys.readouterr().err
