@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from policy.evaluation import Evaluator
 from sim.expert import ScriptedExpert
@@ -44,4 +45,9 @@ def test_calibration_metrics_on_a_hand_built_batch():
                   terminals=zeros, timeouts=zeros, mc_returns=np.array([-100.0, -300.0]), discounts=zeros, online=zeros)
     metrics = calibration_metrics(FixedCritic(), batch, "online_")
     assert metrics == {"online_q_policy": -20.0, "online_q_data": -30.0, "online_mc_return": -200.0,
-                       "online_q_policy_minus_mc": 180.0, "online_q_data_mc_corr": 1.0}
+                       "online_q_policy_minus_mc": 180.0, "online_q_policy_below_mc": 0.0, "online_q_data_mc_corr": 1.0}
+    # the second state's policy action (-30) is valued below its return (-20), the first's is not
+    below = Batch(**{**batch.__dict__, "mc_returns": np.array([-100.0, -20.0])})
+    metrics = calibration_metrics(FixedCritic(), below)
+    assert metrics["q_policy_below_mc"] == 0.5 and metrics["q_policy_minus_mc"] == ((-10 + 100) + (-30 + 20)) / 2
+    assert metrics["q_data_mc_corr"] == pytest.approx(-1.0)  # the higher-valued action has the lower return
