@@ -48,7 +48,6 @@ def test_metric_window_averages_tensors_and_floats_and_skips_nan():
 def test_non_finite_losses_are_reported_with_their_update_range():
     import numpy as np
     import pytest
-    import torch
 
     from datasets.replay import Batch, obs_spec_of
     from perception.encoders import EncoderConfig
