@@ -115,6 +115,7 @@ class Workspace:
                 raise ValueError(f"observation key(s) {missing} are not produced by env {self.env_name!r}")
             self.agent = make_agent(cfg.algo, self.obs_spec, action_dim, cfg.encoder, self.device)
         check_obs_spec(self.obs_spec, probe.observation_space, self.env_name, "checkpoint")
+        self.obs_keys = sorted(self.obs_spec)  # the order observations are batched and stored in
         for option in ("actor_bc_weight", "actor_bc_source", "policy_average_tau"):
             if getattr(cfg, option) is not None:
                 try:
@@ -160,7 +161,7 @@ class Workspace:
             if offline_path is None:
                 offline_path = str(dataset_path(cfg.dataset))
             self.offline_path = str(offline_path)
-            self.offline, _ = load_replay(offline_path, sorted(self.obs_spec), gamma, reward, cfg.dataset.filter_key,
+            self.offline, _ = load_replay(offline_path, self.obs_keys, gamma, reward, cfg.dataset.filter_key,
                                           cfg.dataset.terminals, image_size, self.device)
             if self.offline.obs_spec != self.obs_spec:
                 raise ValueError(f"offline data {offline_path} has observations {self.offline.obs_spec}, "
@@ -168,7 +169,7 @@ class Workspace:
             if source is None:  # a new agent standardises inputs like the data
                 self.agent.set_lowdim_normalization(self.offline.lowdim_stats())
             self.calibration = calibration_batch(
-                offline_path, sorted(self.obs_spec), gamma, reward, cfg.dataset.terminals, cfg.dataset.eval_filter_key,
+                offline_path, self.obs_keys, gamma, reward, cfg.dataset.terminals, cfg.dataset.eval_filter_key,
                 cfg.calibration_states, cfg.seed + 1, self.offline, image_size)
         capacity = cfg.env_steps + cfg.num_envs * 1000  # a kill may redo up to one episode per env
         self.online = ReplayBuffer(self.obs_spec, action_dim, capacity, 2 * capacity, self.device)
@@ -324,7 +325,7 @@ class Workspace:
         """One step of every env with the exploring policy; the steps of collecting envs go into
         their episodes, and a finished episode into the online buffer (an env whose episode ends
         while a checkpoint is due stops collecting). Returns the next observations."""
-        keys = sorted(self.obs_spec)
+        keys = self.obs_keys
         actions = self.agent.act({k: obs[k] for k in keys}, deterministic=False)
         start = time.perf_counter()
         next_obs, rewards, terminated, truncated, info = envs.step(actions)
@@ -390,7 +391,7 @@ class Workspace:
 
     def _finish_episode(self, episode: dict[str, list], success: bool, fault: bool) -> float:
         """MC returns, then into the online buffer; returns the gradient updates it earns."""
-        keys = sorted(self.obs_spec)
+        keys = self.obs_keys
         raw = np.asarray(episode["rewards"], dtype=np.float32)
         terminals = np.asarray(episode["terminals"], dtype=bool)
         timeouts = np.zeros(len(raw), bool)
