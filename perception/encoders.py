@@ -138,9 +138,10 @@ class ObservationEncoder(nn.Module):
     def forward(self, obs: dict[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
         parts = []
         for key in self.image_keys:
-            images = self.preprocess(obs[key])
+            images = obs[key]
             if augment and self.config.augment_pad > 0:
-                images = random_shift(images, self.config.augment_pad).contiguous(memory_format=torch.channels_last)
+                images = random_shift(images, self.config.augment_pad)
+            images = self.preprocess(images)
             with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 features = self.trunks[key](images)
             parts.append(features.float())

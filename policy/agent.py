@@ -215,7 +215,7 @@ class Agent(nn.Module):
         launch instead of dozens, what a small network's update is bound by)."""
         self._cuda_graphs = cuda_graphs
         for module in self.children():
-            module.compile(mode="reduce-overhead" if cuda_graphs else None)
+            module.compile(mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
 
     def set_encoder_bf16(self, enabled: bool) -> None:
         """Run the image trunks of every encoder under bfloat16 autocast (their features, the

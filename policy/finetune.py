@@ -75,10 +75,8 @@ class Workspace:
         self.cfg, self.run_dir = cfg, run_dir
         self.device = resolve_device(cfg.device)
         check_speed_options(cfg.compile, cfg.cuda_graphs, cfg.encoder_bf16, self.device)
-        prepare_device(self.device)
+        log.info("learner: %s", prepare_device(self.device, cfg.threads))
         self.renderer = prepare_rendering(self.device)  # before any sim worker starts: they inherit it
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)  # replay batches, on the device

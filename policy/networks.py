@@ -43,10 +43,11 @@ class EnsembleCritic(nn.Module):
         batch, num_actions, _ = actions.shape
         state_part = torch.matmul(features.unsqueeze(0), self.w1_state) + self.b1  # (C, B, H)
         action_part = torch.matmul(actions.reshape(1, batch * num_actions, -1), self.w1_action)  # (C, B*N, H)
-        hidden = F.relu(self._normalise(action_part.view(self.num_critics, batch, num_actions, -1) + state_part.unsqueeze(2)))
-        hidden = F.relu(self._normalise(torch.baddbmm(self.b2, hidden.view(self.num_critics, batch * num_actions, -1), self.w2)))
+        # in-place ReLUs: the pre-activations are not needed for any gradient (one pass and one
+        # (C, B*N, H) buffer less per layer)
+        hidden = F.relu_(self._normalise(action_part.view(self.num_critics, batch, num_actions, -1) + state_part.unsqueeze(2)))
+        hidden = F.relu_(self._normalise(torch.baddbmm(self.b2, hidden.view(self.num_critics, batch * num_actions, -1), self.w2)))
         return torch.baddbmm(self.b3, hidden, self.w3).view(self.num_critics, batch, num_actions)
-
 
     def _normalise(self, pre_activation: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(pre_activation, pre_activation.shape[-1:]) if self.layer_norm else pre_activation

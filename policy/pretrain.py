@@ -112,14 +112,12 @@ class Workspace:
         self.run_dir = run_dir
         self.device = resolve_device(cfg.device)
         check_speed_options(cfg.compile, cfg.cuda_graphs, cfg.encoder_bf16, self.device)
-        prepare_device(self.device)
+        log.info("learner: %s", prepare_device(self.device, cfg.threads))
         prepare_rendering(self.device)  # before any evaluation worker starts: they inherit it
         resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
         resumed = load_checkpoint(resume_path, self.device) if resume_path else None
         if resumed is not None:
             self._check_same_run(resumed["config"])
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)  # replay batches, on the device

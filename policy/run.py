@@ -5,8 +5,10 @@ full disk)."""
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
+import platform
 import re
 import shutil
 import sys
@@ -45,12 +47,68 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_device(device: torch.device) -> None:
-    """Settings for training on ``device``: on CUDA, TF32 tensor cores for float32 matmuls and
-    convolutions (10 mantissa bits, plenty for RL's noisy gradients)."""
+# glibc's mallopt parameters and the largest mmap threshold it accepts on 64-bit systems
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+LARGEST_MMAP_THRESHOLD = 32 * 1024 * 1024
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed blocks of up to 32 MiB in the process instead of returning them to
+    the operating system. An update allocates and frees the same multi-megabyte activations every
+    time (a CQL critic's hidden layer is 16 MB at batch 256); by default each lands in a fresh
+    mapping whose pages the kernel must fault in and zero again: 22% of a Cal-QL update's time
+    went to its ReLUs alone (``bench.update``). The same values as the environment variables
+    ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_TOP_PAD_``. Returns
+    whether it applied (False off glibc, e.g. on macOS)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    settings = ((M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 256 * 1024 * 1024))
+    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16, Arm BF16);
+    elsewhere bfloat16 is emulated and slower than float32."""
+    try:
+        cpuinfo = CPUINFO.read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_model() -> str:
+    """The CPU's model name: what absolute speed figures belong to (the machines differ)."""
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "an unknown CPU"
+
+
+def prepare_device(device: torch.device, threads: int = 0) -> str:
+    """Settings for training on ``device``: torch's CPU threads (0: torch's default); on CUDA, TF32
+    tensor cores for float32 matmuls and convolutions (10 mantissa bits, plenty for RL's noisy
+    gradients); on the CPU, freed activations kept for the next update (:func:`keep_freed_memory`).
+    Returns what learns, for the run's log (speeds differ between machines of the same kind)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.allow_tf32 = True
+        return f"{torch.cuda.get_device_name(device)} (CUDA), {torch.get_num_threads()} CPU threads"
+    kept = keep_freed_memory()
+    return f"{cpu_model()}, {torch.get_num_threads()} threads" + ("" if kept else ", default allocator")
 
 
 def check_speed_options(compile: bool, cuda_graphs: bool, encoder_bf16: bool, device: torch.device) -> None:
@@ -61,6 +119,9 @@ def check_speed_options(compile: bool, cuda_graphs: bool, encoder_bf16: bool, de
         raise ValueError(f"cuda_graphs=true needs a CUDA device, this run trains on {device.type}; drop cuda_graphs")
     if encoder_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"encoder_bf16=true but {torch.cuda.get_device_name(device)} has no bfloat16; drop encoder_bf16")
+    if encoder_bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+        raise ValueError("encoder_bf16=true but this CPU has no bfloat16 instructions (it would run slower than "
+                         "float32); drop encoder_bf16")
 
 
 def check_writable(directory: Path) -> None:

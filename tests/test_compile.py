@@ -38,3 +38,16 @@ def test_compiled_updates_agree_with_eager_ones(device, cuda_graphs):
     # the state dict is the eager networks' (checkpoints load either way), the average works
     assert list(eager.state_dict()) == list(compiled.state_dict())
     np.testing.assert_allclose(compiled.act(batch.obs), eager.act(batch.obs), atol=1e-4)
+
+
+def test_compiled_networks_take_a_second_image_size():
+    """Each image size compiles on its own (static shapes): a new size in the same process, e.g. a
+    second run with 84-px images after 48-px ones, used to crash while compiling symbolic shapes."""
+    for size in (24, 40):
+        batch = synthetic_batch(8, size, np.random.default_rng(size))
+        agent = _agent(batch)
+        agent.compile_networks()
+        metrics = agent.update(batch)
+        agent.raise_if_nonfinite()
+        assert torch.isfinite(metrics["critic_loss"])
+        assert agent.act(batch.obs).shape == (8, 4)  # acting compiles one more (batch) shape

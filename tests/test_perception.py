@@ -14,12 +14,13 @@ SPEC = {"agentview_image": {"shape": [48, 48, 3], "dtype": "uint8"}, "robot0_eef
 
 
 def test_random_shift_crops_an_edge_padded_window_per_sample():
-    images = torch.rand(6, 3, 10, 12)
+    images = torch.randint(0, 256, (6, 10, 12, 3), dtype=torch.uint8)  # (B, H, W, C), as observed
     shifted = random_shift(images, pad=2, generator=torch.Generator().manual_seed(0))
-    padded = F.pad(images, (2, 2, 2, 2), mode="replicate")
+    padded = F.pad(images.permute(0, 3, 1, 2).float(), (2, 2, 2, 2), mode="replicate").permute(0, 2, 3, 1)
+    assert shifted.dtype == torch.uint8 and shifted.shape == images.shape
     offsets = []
     for b in range(6):
-        matches = [(i, j) for i in range(5) for j in range(5) if torch.equal(shifted[b], padded[b, :, i : i + 10, j : j + 12])]
+        matches = [(i, j) for i in range(5) for j in range(5) if torch.equal(shifted[b].float(), padded[b, i : i + 10, j : j + 12])]
         assert matches, f"sample {b} is not a window of the padded image"
         offsets.append(matches[0])
     assert len(set(offsets)) > 1  # independent per sample
