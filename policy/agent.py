@@ -10,9 +10,10 @@ Entry points, checkpoints, evaluation and export only use this interface:
 - ``evaluated_policy()``: the (encoder, actor) pair that deterministic acting uses and export
   traces: the trained ones, or their moving average (``policy_average_tau``).
 
-An algorithm builds ``self.critic`` (an ensemble of Q heads on ``self.encoder``'s features),
-``self.actor`` and its optimisers (``self.optimizers``, by name), and writes ``learn``: the
-gradient steps of one update.
+An algorithm builds its critic (:meth:`Agent.make_critic`: an ensemble of Q heads on
+``self.encoder``'s features, and its target), ``self.actor`` and its optimisers
+(``self.optimizers``, by name), and writes ``learn``: the gradient steps of one update on a batch
+already on the device. The base moves the batch, counts the updates and moves the policy average.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.nn as nn
 
 from datasets.replay import Batch, ObsSpec
 from perception.encoders import EncoderConfig, ObservationEncoder
-from policy.networks import soft_update
+from policy.networks import EnsembleCritic, soft_update
 
 
 @dataclass
@@ -233,22 +234,39 @@ class Agent(nn.Module):
 
     # --------------------------------------------------------------------------- learning
     def update(self, batch: Batch) -> Metrics:
-        """One update: the algorithm's gradient steps, then the policy average follows."""
+        """One update: the batch to the device, the algorithm's gradient steps, then the policy
+        average follows."""
         averaging = self.config.policy_average_tau > 0
         if averaging and self.policy_average is None:
             self._make_policy_average()  # from the policy before this update
         if self._cuda_graphs:
             # A new training step: outputs of the previous step's graph replays may be reused
             torch.compiler.cudagraph_mark_step_begin()
-        metrics = self.learn(batch)
+        metrics = self.learn(batch.to_torch(self.device))
+        self.num_updates += 1
         if averaging:
             soft_update(self.policy_average["encoder"], self.policy_encoder, self.config.policy_average_tau)
             soft_update(self.policy_average["actor"], self.actor, self.config.policy_average_tau)
         return metrics
 
     def learn(self, batch: Batch) -> Metrics:
-        """The algorithm's gradient steps on one batch; returns its metrics."""
+        """The algorithm's gradient steps on one batch of tensors on the device; returns its
+        metrics. ``self.num_updates`` counts the updates before this one."""
         raise NotImplementedError
+
+    def make_critic(self) -> None:
+        """The Q ensemble on the encoder's features (``self.critic``) and its target copy."""
+        self.critic = EnsembleCritic(self.encoder.output_dim, self.action_dim, self.config.hidden_dim,
+                                     layer_norm=self.config.critic_layer_norm)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+
+    def critic_optimizer(self, lr: float) -> torch.optim.Adam:
+        """Adam over the encoder and the critic: the critic's losses train the encoder."""
+        return self.adam([*self.encoder.parameters(), *self.critic.parameters()], lr=lr)
+
+    def step_critic(self, loss: torch.Tensor) -> Metrics:
+        """One step of the critic's optimiser; the critic's and the encoder's gradient norms."""
+        return self.step("critic", loss, "critic_loss", {"critic": self.critic.parameters(), "encoder": self.encoder.parameters()})
 
     def _make_policy_average(self) -> None:
         average = nn.ModuleDict({"encoder": copy.deepcopy(self.policy_encoder), "actor": copy.deepcopy(self.actor)})

@@ -15,7 +15,7 @@ from datasets.replay import ObsSpec
 from perception.encoders import EncoderConfig
 from policy.agent import Agent, AlgoConfig
 from policy.awac import AWACAgent, AWACConfig
-from policy.calql import CalQLAgent, CalQLConfig, CQLConfig, SACConfig
+from policy.calql import CalQLAgent, CalQLConfig, CQLAgent, CQLConfig, SACAgent, SACConfig
 from policy.iql import IQLAgent, IQLConfig
 from policy.td3bc import TD3BCAgent, TD3BCConfig
 
@@ -28,8 +28,8 @@ class Algorithm:
 
 REGISTRY: dict[str, Algorithm] = {
     "calql": Algorithm(CalQLConfig, CalQLAgent),
-    "cql": Algorithm(CQLConfig, CalQLAgent),
-    "sac": Algorithm(SACConfig, CalQLAgent),
+    "cql": Algorithm(CQLConfig, CQLAgent),
+    "sac": Algorithm(SACConfig, SACAgent),
     "iql": Algorithm(IQLConfig, IQLAgent),
     "awac": Algorithm(AWACConfig, AWACAgent),
     "td3bc": Algorithm(TD3BCConfig, TD3BCAgent),

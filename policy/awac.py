@@ -10,7 +10,6 @@ The critic's gradients train the image encoder; the actor reads detached feature
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,7 @@ from datasets.replay import Batch, ObsSpec
 from perception.encoders import EncoderConfig
 from policy.agent import Agent, AlgoConfig, Metrics, td_loss
 from policy.iql import advantage_weights, weighted_log_likelihood_loss
-from policy.networks import EnsembleCritic, TanhGaussianActor, sample_tanh_gaussian, soft_update, tanh_gaussian_log_prob
+from policy.networks import TanhGaussianActor, sample_tanh_gaussian, soft_update, tanh_gaussian_log_prob
 
 
 @dataclass
@@ -41,19 +40,16 @@ class AWACAgent(Agent):
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: AWACConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
-        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim,
-                                     layer_norm=config.critic_layer_norm)
-        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.make_critic()
         self.actor = TanhGaussianActor(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.to(self.device)
         self.optimizers = {
-            "critic": self.adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr),
+            "critic": self.critic_optimizer(config.critic_lr),
             "actor": self.adam(self.actor.parameters(), lr=config.actor_lr),
         }
 
     def learn(self, batch: Batch) -> Metrics:
         cfg = self.config
-        batch = batch.to_torch(self.device)
         features = self.encoder(batch.obs, augment=True)
         detached = features.detach()
 
@@ -68,8 +64,7 @@ class AWACAgent(Agent):
         q_all = self.critic(features, torch.cat([batch.actions.unsqueeze(1), policy_actions], dim=1))
         q_data = q_all[:, :, 0]
         critic_loss, metrics = td_loss(q_data, td_target, batch.online)
-        metrics.update(self.step("critic", critic_loss, "critic_loss",
-                                 {"critic": self.critic.parameters(), "encoder": self.encoder.parameters()}))
+        metrics.update(self.step_critic(critic_loss))
 
         # actor: advantage-weighted log-likelihood of the data's actions
         with torch.no_grad():
@@ -81,7 +76,6 @@ class AWACAgent(Agent):
         metrics.update(actor_metrics)
         metrics.update(self.step("actor", actor_loss, "actor_loss", {"actor": self.actor.parameters()}))
         soft_update(self.target_critic, self.critic, cfg.tau)
-        self.num_updates += 1
 
         metrics.update(
             critic_loss=critic_loss.detach(),

@@ -3,7 +3,8 @@
 This file is the SAC family: ``algo=calql`` (the default), ``algo=cql`` (no MC bound) and
 ``algo=sac`` (no conservative penalty, entropy in the backup: online SAC). What an algorithm
 does follows from its name alone: its config class (``SACConfig``, ``CQLConfig``,
-``CalQLConfig``) has the fields it uses and no switch that could contradict the name.
+``CalQLConfig``) has the fields it uses and no switch that could contradict the name. The
+agents are SAC, CQL as SAC with a conservative critic loss, and Cal-QL as CQL with its bound.
 
 Nakamoto et al., "Cal-QL: Calibrated Offline RL Pre-Training for Efficient Online
 Fine-Tuning" (NeurIPS 2023). The only change to CQL: inside the CQL regulariser, Q-values of
@@ -20,7 +21,6 @@ detached features. Each state is encoded once per update and reused by every sam
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -31,7 +31,7 @@ import torch.nn as nn
 from datasets.replay import Batch, ObsSpec
 from perception.encoders import EncoderConfig, ObservationEncoder
 from policy.agent import Agent, AlgoConfig, Metrics, td_loss
-from policy.networks import EnsembleCritic, TanhGaussianActor, sample_tanh_gaussian, soft_update, tanh_gaussian_log_prob
+from policy.networks import TanhGaussianActor, sample_tanh_gaussian, soft_update, tanh_gaussian_log_prob
 
 
 BC_SOURCES = ("all", "offline")
@@ -151,35 +151,30 @@ def entropy_alpha_loss(log_alpha: torch.Tensor, logp: torch.Tensor, target_entro
     return loss, {"entropy_alpha": log_alpha.exp().detach()}
 
 
-class CalQLAgent(Agent):
-    """The SAC family's agent: Cal-QL, CQL or SAC by its config's class and name."""
+Policy = tuple[torch.Tensor, torch.Tensor]  # the actor's (mean, log std) at a batch of states
+
+
+class SACAgent(Agent):
+    """Online SAC (``algo=sac``), and the base of CQL and Cal-QL: one update reads encode ->
+    TD target -> critic step -> actor (and entropy) step on detached features -> soft update."""
 
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: SACConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
-        self.conservative = isinstance(config, CQLConfig)
-        self.calibrated = config.name == "calql"
         self.target_entropy = config.target_entropy if config.target_entropy is not None else -float(action_dim)
         if config.separate_actor_encoder:
             self.actor_encoder = ObservationEncoder(obs_spec, encoder_config)
-        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim,
-                                     layer_norm=config.critic_layer_norm)
-        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.make_critic()
         self.actor = TanhGaussianActor(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.log_entropy_alpha = nn.Parameter(torch.tensor(math.log(config.init_entropy_alpha)))
-        if self.conservative:
-            self.log_cql_alpha = nn.Parameter(torch.tensor(math.log(max(config.cql_alpha, 1e-8))))
         self.to(self.device)
         actor_encoder_parameters = list(self.actor_encoder.parameters()) if self.actor_encoder else []
         self.optimizers = {
-            "critic": self.adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr),
+            "critic": self.critic_optimizer(config.critic_lr),
             "actor": self.adam([*self.actor.parameters(), *actor_encoder_parameters], lr=config.actor_lr),
             "entropy_alpha": self.adam([self.log_entropy_alpha], lr=config.alpha_lr),
         }
-        if self.conservative and config.cql_lagrange:
-            self.optimizers["cql_alpha"] = self.adam([self.log_cql_alpha], lr=config.critic_lr)
 
-    # --------------------------------------------------------------------------- learning
     @classmethod
     def check_settings(cls, config: SACConfig) -> None:
         super().check_settings(config)
@@ -189,99 +184,129 @@ class CalQLAgent(Agent):
             raise ValueError(f"algo.actor_bc_source must be one of {', '.join(BC_SOURCES)}, got {config.actor_bc_source!r}")
 
     def learn(self, batch: Batch) -> Metrics:
-        cfg = self.config
-        batch = batch.to_torch(self.device)
-        actions = batch.actions
-
-        # augment and encode once; the actor reads the critic's features detached
-        features = self.encoder(batch.obs, augment=True)
-        actor_features = self.actor_encoder(batch.obs, augment=True) if self.actor_encoder else features.detach()
+        features, actor_features = self._encode(batch.obs)
         with torch.no_grad():
-            next_features = self.encoder(batch.next_obs, augment=True)
-            next_actor_features = self.actor_encoder(batch.next_obs, augment=True) if self.actor_encoder else next_features
-            next_mean, next_log_std = self.actor(next_actor_features)
-            backup_actions, backup_logp = sample_tanh_gaussian(next_mean, next_log_std, cfg.backup_num_actions)
-            backup_q = self.target_critic(next_features, backup_actions).min(dim=0).values
-            if cfg.entropy_backup:
-                backup_q = backup_q - self.log_entropy_alpha.exp() * backup_logp
-            target_q = backup_q.max(dim=1).values
-            td_target = batch.rewards + batch.discounts * (1.0 - batch.terminals) * target_q
+            next_features, next_actor_features = self._encode(batch.next_obs)
+            next_policy = self.actor(next_actor_features)
+            td_target = self._td_target(batch, next_features, next_policy)
+        critic_loss, q_data, metrics = self.critic_loss(batch, features, actor_features, next_policy, td_target)
+        metrics.update(self.step_critic(critic_loss))
+        metrics.update(self._policy_step(batch, features, actor_features))
+        soft_update(self.target_critic, self.critic, self.config.tau)
+        metrics.update(critic_loss=critic_loss.detach(), q_data=q_data.mean().detach(), td_target=td_target.mean().detach(),
+                       mc_returns=batch.mc_returns.mean().detach())
+        return metrics
 
-        # critic: TD loss, plus the (calibrated) conservative penalty
-        if not self.conservative:
-            q_data = self.critic(features, actions.unsqueeze(1))[:, :, 0]
-            critic_loss, metrics = td_loss(q_data, td_target, batch.online)
-            penalty = cql_alpha = torch.zeros((), device=self.device)
-        else:
-            n = cfg.cql_num_actions
-            with torch.no_grad():
-                random_actions = torch.empty(len(batch), n, self.action_dim, device=self.device).uniform_(-1.0, 1.0)
-                current_actions, logp_current = sample_tanh_gaussian(*self.actor(actor_features.detach()), n)
-                next_actions, logp_next = sample_tanh_gaussian(next_mean, next_log_std, n)
-            all_actions = torch.cat([actions.unsqueeze(1), random_actions, current_actions, next_actions], dim=1)
-            q_all = self.critic(features, all_actions)  # (C, B, 1 + 3n)
-            q_data = q_all[:, :, 0]
-            q_random, q_current, q_next = q_all[:, :, 1:].split(n, dim=-1)
-            loss_td, metrics = td_loss(q_data, td_target, batch.online)
-            gap, cql_metrics = cql_penalty(
-                q_data, q_random, q_current, q_next, logp_current, logp_next,
-                batch.mc_returns, self.calibrated, self.action_dim, cfg.cql_temperature,
-            )
-            metrics.update(cql_metrics)
-            if cfg.cql_lagrange:
-                cql_alpha = self.log_cql_alpha.detach().exp().clamp(0.0, 1e6)
-                penalty = (cql_alpha * (gap - cfg.cql_target_action_gap)).sum()
-            else:
-                cql_alpha = torch.full((), cfg.cql_alpha, device=self.device)
-                penalty = cfg.cql_alpha * gap.sum()
-            critic_loss = loss_td + penalty
-        metrics.update(self.step("critic", critic_loss, "critic_loss",
-                                 {"critic": self.critic.parameters(), "encoder": self.encoder.parameters()}))
-        if self.conservative and cfg.cql_lagrange:
-            cql_alpha_loss = -(self.log_cql_alpha.exp() * (gap.detach() - cfg.cql_target_action_gap)).sum()
-            self.step("cql_alpha", cql_alpha_loss, "cql_alpha_loss")
+    def _encode(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented features for the critic and for the actor: the critic's detached, or the
+        actor's own encoder's."""
+        features = self.encoder(obs, augment=True)
+        return features, self.actor_encoder(obs, augment=True) if self.actor_encoder else features.detach()
 
-        # actor: behaviour cloning during the warm start, then SAC (+ the optional BC term);
-        # the critic is only read here, so its encoder gets no gradient from the actor
+    def _td_target(self, batch: Batch, next_features: torch.Tensor, next_policy: Policy) -> torch.Tensor:
+        """``r + discount (1 - terminal) max_k min_j Qtarg_j(s', a'_k)`` over ``backup_num_actions``
+        policy samples, minus the entropy term where ``entropy_backup``."""
+        cfg = self.config
+        backup_actions, backup_logp = sample_tanh_gaussian(*next_policy, cfg.backup_num_actions)
+        backup_q = self.target_critic(next_features, backup_actions).min(dim=0).values
+        if cfg.entropy_backup:
+            backup_q = backup_q - self.log_entropy_alpha.exp() * backup_logp
+        return batch.rewards + batch.discounts * (1.0 - batch.terminals) * backup_q.max(dim=1).values
+
+    def critic_loss(self, batch: Batch, features: torch.Tensor, actor_features: torch.Tensor, next_policy: Policy,
+                    td_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Metrics]:
+        """The critic's loss, Q(s, a_data) of every head (C, B), and metrics: SAC's is the TD loss."""
+        q_data = self.critic(features, batch.actions.unsqueeze(1))[:, :, 0]
+        loss, metrics = td_loss(q_data, td_target, batch.online)
+        metrics.update(cql_loss=torch.zeros((), device=self.device), cql_alpha=torch.zeros((), device=self.device))
+        return loss, q_data, metrics
+
+    def _policy_step(self, batch: Batch, features: torch.Tensor, actor_features: torch.Tensor) -> Metrics:
+        """The actor's step (behaviour cloning during the warm start, then SAC with the optional
+        BC term), then the entropy coefficient's (not during the warm start: it would only drift
+        from the value the RL phase starts with)."""
         mean, log_std = self.actor(actor_features)
         policy_actions, logp = sample_tanh_gaussian(mean, log_std, 1)
         entropy_alpha = self.log_entropy_alpha.exp().detach()
-        if self.num_updates < cfg.bc_steps:
-            logp_data = tanh_gaussian_log_prob(mean, log_std, actions)
-            actor_loss, actor_metrics = bc_actor_loss(logp, logp_data, entropy_alpha)
+        warm_start = self.num_updates < self.config.bc_steps
+        if warm_start:
+            actor_loss, metrics = bc_actor_loss(logp, tanh_gaussian_log_prob(mean, log_std, batch.actions), entropy_alpha)
         else:
-            self.critic.requires_grad_(False)
-            q_policy = self.critic(features.detach(), policy_actions).min(dim=0).values
-            actor_loss, actor_metrics = sac_actor_loss(logp, q_policy, entropy_alpha)
-            if cfg.actor_bc_weight > 0:
-                rows = batch.online == 0 if cfg.actor_bc_source == "offline" else None
-                regularizer, bc_metrics = bc_regularizer(mean, actions, q_policy, cfg.actor_bc_weight, rows)
-                # how much of the actor's objective the BC term is
-                bc_metrics["bc_share"] = (regularizer / (actor_loss.abs() + regularizer + 1e-8)).detach()
-                actor_loss = actor_loss + regularizer
-                actor_metrics.update(bc_metrics)
-            self.critic.requires_grad_(True)
+            actor_loss, metrics = self._rl_actor_loss(batch, features, mean, policy_actions, logp, entropy_alpha)
         norms = {"actor": self.actor.parameters()}
         if self.actor_encoder is not None:
             norms["actor_encoder"] = self.actor_encoder.parameters()
         metrics.update(self.step("actor", actor_loss, "actor_loss", norms))
-
-        # entropy coefficient: tuned for the RL actor loss; during the BC warm start it would
-        # only drift away from the value the RL phase starts with
         alpha_loss, alpha_metrics = entropy_alpha_loss(self.log_entropy_alpha, logp, self.target_entropy)
-        if self.num_updates >= cfg.bc_steps:
+        if not warm_start:
             self.step("entropy_alpha", alpha_loss, "entropy_alpha_loss")
-        soft_update(self.target_critic, self.critic, cfg.tau)
-        self.num_updates += 1
-
-        metrics.update(actor_metrics)
         metrics.update(alpha_metrics)
-        metrics.update(
-            critic_loss=critic_loss.detach(),
-            cql_loss=penalty.detach(),
-            cql_alpha=cql_alpha.detach(),
-            q_data=q_data.mean().detach(),
-            td_target=td_target.mean().detach(),
-            mc_returns=batch.mc_returns.mean().detach(),
-        )
         return metrics
+
+    def _rl_actor_loss(self, batch: Batch, features: torch.Tensor, mean: torch.Tensor, policy_actions: torch.Tensor,
+                       logp: torch.Tensor, entropy_alpha: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+        """SAC's actor loss on the critic's detached features (the critic is only read: no
+        gradient reaches it or its encoder), plus the BC term where ``actor_bc_weight`` > 0."""
+        cfg = self.config
+        self.critic.requires_grad_(False)
+        q_policy = self.critic(features.detach(), policy_actions).min(dim=0).values
+        self.critic.requires_grad_(True)
+        loss, metrics = sac_actor_loss(logp, q_policy, entropy_alpha)
+        if cfg.actor_bc_weight > 0:
+            rows = batch.online == 0 if cfg.actor_bc_source == "offline" else None
+            regularizer, bc_metrics = bc_regularizer(mean, batch.actions, q_policy, cfg.actor_bc_weight, rows)
+            bc_metrics["bc_share"] = (regularizer / (loss.abs() + regularizer + 1e-8)).detach()  # of the objective
+            loss = loss + regularizer
+            metrics.update(bc_metrics)
+        return loss, metrics
+
+
+class CQLAgent(SACAgent):
+    """CQL (``algo=cql``): SAC's update with the conservative penalty in the critic's loss (and,
+    by its config's defaults, a max backup without the entropy term)."""
+
+    # Cal-QL's one difference: the penalty's policy-action values bounded below by the MC return
+    calibrated = False
+
+    def __init__(self, obs_spec: ObsSpec, action_dim: int, config: CQLConfig, encoder_config: EncoderConfig,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__(obs_spec, action_dim, config, encoder_config, device)
+        self.log_cql_alpha = nn.Parameter(torch.tensor(math.log(max(config.cql_alpha, 1e-8)), device=self.device))
+        if config.cql_lagrange:
+            self.optimizers["cql_alpha"] = self.adam([self.log_cql_alpha], lr=config.critic_lr)
+
+    def critic_loss(self, batch: Batch, features: torch.Tensor, actor_features: torch.Tensor, next_policy: Policy,
+                    td_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Metrics]:
+        """TD loss plus alpha times the (calibrated) CQL gap, over the data's action and n random,
+        n current-policy and n next-policy actions, all scored at s in one critic call."""
+        cfg, n = self.config, self.config.cql_num_actions
+        with torch.no_grad():
+            random_actions = torch.empty(len(batch), n, self.action_dim, device=self.device).uniform_(-1.0, 1.0)
+            current_actions, logp_current = sample_tanh_gaussian(*self.actor(actor_features.detach()), n)
+            next_actions, logp_next = sample_tanh_gaussian(*next_policy, n)
+        q_all = self.critic(features, torch.cat([batch.actions.unsqueeze(1), random_actions, current_actions, next_actions], dim=1))
+        q_data = q_all[:, :, 0]
+        q_random, q_current, q_next = q_all[:, :, 1:].split(n, dim=-1)
+        loss_td, metrics = td_loss(q_data, td_target, batch.online)
+        gap, cql_metrics = cql_penalty(q_data, q_random, q_current, q_next, logp_current, logp_next, batch.mc_returns,
+                                       self.calibrated, self.action_dim, cfg.cql_temperature)
+        metrics.update(cql_metrics)
+        if cfg.cql_lagrange:
+            cql_alpha = self.log_cql_alpha.detach().exp().clamp(0.0, 1e6)
+            penalty = (cql_alpha * (gap - cfg.cql_target_action_gap)).sum()
+            # alpha rises while the gap exceeds its target (its own optimiser; the critic's loss
+            # above holds alpha's value from before this step)
+            cql_alpha_loss = -(self.log_cql_alpha.exp() * (gap.detach() - cfg.cql_target_action_gap)).sum()
+            self.step("cql_alpha", cql_alpha_loss, "cql_alpha_loss")
+        else:
+            cql_alpha = torch.full((), cfg.cql_alpha, device=self.device)
+            penalty = cfg.cql_alpha * gap.sum()
+        metrics.update(cql_loss=penalty.detach(), cql_alpha=cql_alpha.detach())
+        return loss_td + penalty, q_data, metrics
+
+
+class CalQLAgent(CQLAgent):
+    """Cal-QL (``algo=calql``): CQL whose penalty bounds the policy actions' values below by the
+    Monte-Carlo return of the data's behaviour."""
+
+    calibrated = True

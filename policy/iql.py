@@ -10,7 +10,6 @@ detached features. The deterministic action is tanh of the policy mean.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +17,7 @@ import torch
 from datasets.replay import Batch, ObsSpec
 from perception.encoders import EncoderConfig
 from policy.agent import Agent, AlgoConfig, Metrics, td_loss
-from policy.networks import EnsembleCritic, TanhGaussianActor, ValueNetwork, soft_update, tanh_gaussian_log_prob
+from policy.networks import TanhGaussianActor, ValueNetwork, soft_update, tanh_gaussian_log_prob
 
 
 @dataclass
@@ -62,21 +61,18 @@ class IQLAgent(Agent):
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: IQLConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
-        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim,
-                                     layer_norm=config.critic_layer_norm)
-        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.make_critic()
         self.value = ValueNetwork(self.encoder.output_dim, config.hidden_dim)
         self.actor = TanhGaussianActor(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.to(self.device)
         self.optimizers = {
-            "critic": self.adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr),
+            "critic": self.critic_optimizer(config.critic_lr),
             "value": self.adam(self.value.parameters(), lr=config.value_lr),
             "actor": self.adam(self.actor.parameters(), lr=config.actor_lr),
         }
 
     def learn(self, batch: Batch) -> Metrics:
         cfg = self.config
-        batch = batch.to_torch(self.device)
         features = self.encoder(batch.obs, augment=True)
         detached = features.detach()
         with torch.no_grad():
@@ -102,10 +98,8 @@ class IQLAgent(Agent):
         q_data = self.critic(features, batch.actions.unsqueeze(1))[:, :, 0]
         critic_loss, critic_metrics = td_loss(q_data, td_target, batch.online)
         metrics.update(critic_metrics)
-        metrics.update(self.step("critic", critic_loss, "critic_loss",
-                                 {"critic": self.critic.parameters(), "encoder": self.encoder.parameters()}))
+        metrics.update(self.step_critic(critic_loss))
         soft_update(self.target_critic, self.critic, cfg.tau)
-        self.num_updates += 1
 
         metrics.update(
             critic_loss=critic_loss.detach(),

@@ -77,10 +77,6 @@ class TanhGaussianActor(nn.Module):
     def deterministic(self, features: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self(features)[0])
 
-    def sample(self, features: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised samples (B, N, A) and their log-probabilities (B, N)."""
-        return sample_tanh_gaussian(*self(features), num_samples)
-
 
 class DeterministicActor(nn.Module):
     """A deterministic policy: tanh of an MLP (TD3's actor)."""

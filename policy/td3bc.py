@@ -18,7 +18,7 @@ import torch
 from datasets.replay import Batch, ObsSpec
 from perception.encoders import EncoderConfig
 from policy.agent import Agent, AlgoConfig, Metrics, td_loss
-from policy.networks import DeterministicActor, EnsembleCritic, soft_update
+from policy.networks import DeterministicActor, soft_update
 
 
 @dataclass
@@ -54,14 +54,12 @@ class TD3BCAgent(Agent):
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: TD3BCConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
-        self.critic = EnsembleCritic(self.encoder.output_dim, action_dim, config.hidden_dim,
-                                     layer_norm=config.critic_layer_norm)
-        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.make_critic()
         self.actor = DeterministicActor(self.encoder.output_dim, action_dim, config.hidden_dim)
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.to(self.device)
         self.optimizers = {
-            "critic": self.adam([*self.encoder.parameters(), *self.critic.parameters()], lr=config.critic_lr),
+            "critic": self.critic_optimizer(config.critic_lr),
             "actor": self.adam(self.actor.parameters(), lr=config.actor_lr),
         }
 
@@ -72,7 +70,6 @@ class TD3BCAgent(Agent):
 
     def learn(self, batch: Batch) -> Metrics:
         cfg = self.config
-        batch = batch.to_torch(self.device)
         features = self.encoder(batch.obs, augment=True)
 
         # critic: TD toward the smoothed target policy's value
@@ -85,12 +82,10 @@ class TD3BCAgent(Agent):
             td_target = batch.rewards + batch.discounts * (1.0 - batch.terminals) * next_q
         q_data = self.critic(features, batch.actions.unsqueeze(1))[:, :, 0]
         critic_loss, metrics = td_loss(q_data, td_target, batch.online)
-        metrics.update(self.step("critic", critic_loss, "critic_loss",
-                                 {"critic": self.critic.parameters(), "encoder": self.encoder.parameters()}))
+        metrics.update(self.step_critic(critic_loss))
 
-        # actor and targets, every policy_delay critic updates
-        self.num_updates += 1
-        if self.num_updates % cfg.policy_delay == 0:
+        # actor and targets, every policy_delay critic updates (this one counted)
+        if (self.num_updates + 1) % cfg.policy_delay == 0:
             policy_actions = self.actor(features.detach())
             self.critic.requires_grad_(False)
             q_policy = self.critic(features.detach(), policy_actions.unsqueeze(1))[0, :, 0]  # Q_1, as TD3
