@@ -8,7 +8,7 @@ Any robomimic-format file works, not only the ones ``sim.collect`` writes:
   is a timeout or terminal, so its next observation never enters a target);
 - a demo is split into episodes wherever ``next_obs[t] != obs[t + 1]``;
 - actions must lie in [-1, 1];
-- ``image_size=N`` resizes every camera's frames to NxN (``perception.resize``), so that a file
+- ``image_size=N`` resizes every camera's frames to NxN (``datasets.frames``), so that a file
   recorded at another size (robomimic's are 84x84) trains a policy at N.
 
 ``dones`` become terminals by the ``terminals`` rule; the first terminal ends its episode
@@ -37,7 +37,7 @@ import torch
 from datasets.replay import ObsSpec, ReplayBuffer, obs_spec_of
 from datasets.returns import RewardConfig, episode_rewards_and_returns
 from datasets.robomimic_hdf5 import demo_names, open_dataset
-from perception.resize import resize_frames
+from datasets.frames import resize_frames
 
 log = logging.getLogger(__name__)
 TERMINAL_RULES = ("success", "dones", "none")

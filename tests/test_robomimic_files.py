@@ -15,7 +15,7 @@ import pytest
 import sim
 from datasets.offline import LoaderStats, file_obs_spec, iter_episodes, load_replay
 from datasets.returns import RewardConfig
-from perception.resize import resize_frames
+from datasets.frames import resize_frames
 from policy.calql import CalQLConfig
 from policy.checkpoint import load_checkpoint
 from policy.config import DatasetConfig, EnvConfig, PretrainConfig
@@ -242,7 +242,7 @@ def test_readme_command_pretrains_on_a_robomimic_file_in_the_matching_env(lift_4
                                                            "control_hz": 20.0, "horizon": 5}}
     assert {key: spec["shape"] for key, spec in checkpoint["obs_spec"].items()} == {
         "agentview_image": [48, 48, 3], "robot0_eye_in_hand_image": [48, 48, 3], "robot0_eef_pos": [3], "robot0_gripper_qpos": [2]}
-    assert checkpoint["step"] == 2 and 0.0 <= checkpoint["last_eval"]["success_rate"] <= 1.0
+    assert checkpoint["step"] == 2 and checkpoint["last_eval"]["success_rate"] in (0.0, 1.0)  # one episode
 
 
 def test_cli_image_size_mismatch_is_one_line_naming_the_fix(lift_84, tmp_path):
