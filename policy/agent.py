@@ -84,6 +84,33 @@ def td_loss(q_data: torch.Tensor, td_target: torch.Tensor,
     return per_head.sum(), metrics
 
 
+class NonFiniteLosses:
+    """Which losses were NaN or infinite since the last check, kept on the device: reading a
+    flag back at every update would synchronise the device each time."""
+
+    def __init__(self) -> None:
+        self.flags: dict[str, torch.Tensor] = {}
+        self.checked_updates = 0  # updates covered by earlier checks
+
+    def record(self, loss_name: str, loss: torch.Tensor) -> None:
+        nonfinite = ~torch.isfinite(loss.detach())
+        earlier = self.flags.get(loss_name)
+        self.flags[loss_name] = nonfinite if earlier is None else earlier | nonfinite
+
+    def check(self, num_updates: int) -> None:
+        """Raise :class:`NonFiniteLossError` naming the losses and the range of updates (counted
+        from 1) if any was non-finite since the last check; the next check covers later ones."""
+        first, last = self.checked_updates + 1, num_updates
+        names = list(self.flags)
+        flags = torch.stack([self.flags[name] for name in names]).tolist() if names else []
+        self.flags.clear()
+        self.checked_updates = num_updates
+        bad = [name for name, flag in zip(names, flags) if flag]
+        if bad:
+            span = f"update {last}" if first == last else f"updates {first} to {last}"
+            raise NonFiniteLossError(f"non-finite {', '.join(bad)} in {span}")
+
+
 class Agent(nn.Module):
     """Base of every agent: the shared encoder, acting, Q queries, checkpoint state."""
 
@@ -102,9 +129,7 @@ class Agent(nn.Module):
         self.actor_encoder: ObservationEncoder | None = None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.num_updates = 0
-        # per loss name: was it non-finite in any update since the last check (on the device)
-        self._nonfinite: dict[str, torch.Tensor] = {}
-        self._checked_updates = 0
+        self.nonfinite = NonFiniteLosses()
         # The moving average of the policy (encoder and actor), made at the first update that
         # moves it; never trained, so it holds no gradients.
         self.policy_average: nn.ModuleDict | None = None
@@ -277,9 +302,7 @@ class Agent(nn.Module):
         """One gradient step of the named optimiser on ``loss``; returns the gradient norms of the
         named parameter groups in ``grad_norms`` (as ``<name>_grad_norm``). Whether the loss was
         finite is recorded on the device, for :meth:`raise_if_nonfinite`."""
-        nonfinite = ~torch.isfinite(loss.detach())
-        earlier = self._nonfinite.get(loss_name)
-        self._nonfinite[loss_name] = nonfinite if earlier is None else earlier | nonfinite
+        self.nonfinite.record(loss_name, loss)
         optimizer = self.optimizers[optimizer_name]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -289,17 +312,9 @@ class Agent(nn.Module):
 
     def raise_if_nonfinite(self) -> None:
         """Raise :class:`NonFiniteLossError` if a loss was NaN or infinite in an update since the
-        last check, naming the losses and the range of updates (counted from 1). The loops call
-        it before they evaluate, log or save, so that a checkpoint never holds damaged weights."""
-        first, last = self._checked_updates + 1, self.num_updates
-        names = list(self._nonfinite)
-        flags = torch.stack([self._nonfinite[name] for name in names]).tolist() if names else []
-        self._nonfinite.clear()
-        self._checked_updates = self.num_updates
-        bad = [name for name, flag in zip(names, flags) if flag]
-        if bad:
-            span = f"update {last}" if first == last else f"updates {first} to {last}"
-            raise NonFiniteLossError(f"non-finite {', '.join(bad)} in {span}")
+        last check (:class:`NonFiniteLosses`). The loops call it before they evaluate, log or save,
+        so that a checkpoint never holds damaged weights."""
+        self.nonfinite.check(self.num_updates)
 
     # ----------------------------------------------------------------------- checkpoints
     def training_state(self) -> dict[str, Any]:
@@ -320,4 +335,4 @@ class Agent(nn.Module):
             optimizer.load_state_dict(state["optimizers"][name])
             for group in optimizer.param_groups:  # the kernel suits this device, not the saving one
                 group["fused"] = self._fused_adam
-        self.num_updates = self._checked_updates = int(state["num_updates"])
+        self.num_updates = self.nonfinite.checked_updates = int(state["num_updates"])
