@@ -143,7 +143,8 @@ def parse_list(text: str, kind: type = str) -> list:
     return [kind(item) for item in text.split(",") if item]
 
 
-def main() -> None:
+def parse_arguments() -> tuple[argparse.Namespace, list[str], list[str], list[str], list[str]]:
+    """The options, checked: algorithms, devices (CUDA dropped where absent), modes, precisions."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", default=",".join(REGISTRY), help="comma-separated registered algorithms")
     parser.add_argument("--devices", default="cpu,cuda", help="cpu and/or cuda (cuda is skipped where absent)")
@@ -158,18 +159,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--profile", action="store_true", help="print the top operators of each eager CPU update")
     args = parser.parse_args()
-    names = parse_list(args.algos)
+    names, modes, devices = parse_list(args.algos), parse_list(args.modes), parse_list(args.devices)
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:
         parser.error(f"unknown algorithm(s) {unknown}; registered: {', '.join(REGISTRY)}")
-    modes = parse_list(args.modes)
     if not set(modes) <= set(MODES) or not modes:
         parser.error(f"--modes takes {', '.join(MODES)}, got {args.modes!r}")
-    native_bf16 = cpu_has_native_bf16()
     precisions = parse_list(args.precisions) if args.precisions is not None else ["fp32", "bf16"]
     if not set(precisions) <= {"fp32", "bf16"} or not precisions:
         parser.error(f"--precisions takes fp32 and/or bf16, got {args.precisions!r}")
-    devices = parse_list(args.devices)
     if not set(devices) <= {"cpu", "cuda"} or not devices:
         parser.error(f"--devices takes cpu and/or cuda, got {args.devices!r}")
     if "cuda" in devices and not torch.cuda.is_available():
@@ -177,15 +175,30 @@ def main() -> None:
         print("CUDA: not available on this machine (CPU only)")
     if not devices:
         parser.error("no device to measure")
-    if "bf16" in precisions and "cpu" in devices and not native_bf16:
+    if "bf16" in precisions and "cpu" in devices and not cpu_has_native_bf16():
         if args.precisions is not None:
             parser.error("--precisions bf16: this CPU has no bfloat16 instructions (it would run slower than float32); "
                          "use --precisions fp32")
         print("bf16: this CPU has no bfloat16 instructions (CPU rows in fp32 only)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return args, names, devices, modes, precisions
+
+
+def print_profile(name: str, agent: Agent, batch: Batch) -> None:
+    """Where an eager CPU update's time goes: the top operators, and the counted operators' share."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            agent.update(batch)
+    print(f"where {name}'s time goes (5 updates, top operators by self CPU time):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    print(f"matrix multiplies and convolutions (the counted FLOPs): {100 * counted_share(prof):.0f}% of the "
+          f"self CPU time; the rest is element-wise work, copies and overhead")
+
+
+def main() -> None:
+    args, names, devices, modes, precisions = parse_arguments()
+    native_bf16 = cpu_has_native_bf16()
     for device in devices:
-        prepare_device(torch.device(device))
+        prepare_device(torch.device(device), args.threads)
     cuda = torch.cuda.get_device_name() if "cuda" in devices else None
     print(f"{torch.get_num_threads()} CPU threads on {cpu_model()}" + (f"; CUDA: {cuda}" if cuda else ""))
     print(f"{'algo':<7}{'device':<7}{'mode':<11}{'encoder':<8}{'batch':>6}{'px':>4}{'updates/s':>11}{'GFLOP/update':>14}"
@@ -194,13 +207,11 @@ def main() -> None:
     for name, batch_size, image_size in itertools.product(names, parse_list(args.batch_sizes, int), parse_list(args.image_sizes, int)):
         host_batch = synthetic_batch(batch_size, image_size, np.random.default_rng(0))
         flops, critic_rows = update_flops(name, host_batch)
-        hidden_dim = REGISTRY[name].config().hidden_dim
         for device, mode, precision in itertools.product(devices, modes, precisions):
-            if mode == "cudagraphs" and device != "cuda":
-                continue  # CUDA graphs exist on CUDA only
-            if precision == "bf16" and device == "cpu" and not native_bf16:
-                continue
+            if (mode == "cudagraphs" and device != "cuda") or (precision == "bf16" and device == "cpu" and not native_bf16):
+                continue  # CUDA graphs exist on CUDA only; bf16 only where the CPU has it
             if (device, critic_rows) not in rooflines:
+                hidden_dim = REGISTRY[name].config().hidden_dim
                 rooflines[device, critic_rows] = matmul_roofline(critic_rows, hidden_dim, 2, torch.device(device))
             roofline = rooflines[device, critic_rows]
             batch = host_batch.to_torch(device)
@@ -214,13 +225,7 @@ def main() -> None:
             print(f"{name:<7}{device:<7}{mode:<11}{precision:<8}{batch_size:>6}{image_size:>4}{rate:>11.2f}"
                   f"{flops / 1e9:>14.2f}{achieved:>9.1f}{roofline:>10.1f}{100 * achieved / roofline:>6.0f}%", flush=True)
             if args.profile and device == "cpu" and mode == "eager":
-                with profile(activities=[ProfilerActivity.CPU]) as prof:
-                    for _ in range(5):
-                        agent.update(batch)
-                print(f"where {name}'s time goes (5 updates, top operators by self CPU time):")
-                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-                print(f"matrix multiplies and convolutions (the counted FLOPs): {100 * counted_share(prof):.0f}% of the "
-                      f"self CPU time; the rest is element-wise work, copies and overhead")
+                print_profile(name, agent, batch)
 
 
 if __name__ == "__main__":
