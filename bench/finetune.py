@@ -13,18 +13,15 @@ the fine-tuning options of the same names.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import torch
 
-import torch  # noqa: E402
-
-from policy.algorithms import REGISTRY, lookup  # noqa: E402
-from policy.config import DatasetConfig, FinetuneConfig  # noqa: E402
-from policy.finetune import Workspace  # noqa: E402
+from policy.algorithms import REGISTRY, lookup
+from policy.config import DatasetConfig, FinetuneConfig
+from policy.finetune import Workspace
 
 
 def main() -> None:

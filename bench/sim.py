@@ -8,14 +8,11 @@ Actions are uniformly random; episodes are reset when they end.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import sim  # noqa: E402
+import sim
 
 
 def single_env_rate(steps: int) -> tuple[float, float]:

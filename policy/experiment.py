@@ -31,22 +31,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.errors import HydraException  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
-
-from datasets.atomic import write_bytes_atomically  # noqa: E402
-from policy import finetune, pretrain  # noqa: E402
-from policy.algorithms import REGISTRY, check_config, lookup, with_defaults  # noqa: E402
-from policy.config import CONTROLS, EVAL_SEED_BASE, EVAL_SEED_STRIDE, ExperimentConfig, FinetuneConfig, PretrainConfig  # noqa: E402
-from policy.pretrain import PROJECT_ROOT  # noqa: E402
-from policy.results import DECIMALS, FIGURES, POLICY_NAMES, run_dir_figures, stage_averaged  # noqa: E402
-from policy.run import (  # noqa: E402
+from datasets.atomic import write_bytes_atomically
+from policy import finetune, pretrain
+from policy.algorithms import REGISTRY, check_config, lookup, with_defaults
+from policy.config import CONTROLS, EVAL_SEED_BASE, EVAL_SEED_STRIDE, ExperimentConfig, FinetuneConfig, PretrainConfig
+from policy.pretrain import PROJECT_ROOT
+from policy.results import DECIMALS, FIGURES, POLICY_NAMES, run_dir_figures, stage_averaged
+from policy.run import (
     check_command_line, check_name, check_writable, exit_on_error, reject_unknown_choice, resolve_device, run_dir_lock,
     run_workspace,
 )

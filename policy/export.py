@@ -35,6 +35,7 @@ import torch.nn as nn
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+import sim
 from datasets.atomic import atomic_path, write_bytes_atomically
 from datasets.command_line import check_overrides, remove_empty_run_dir
 from datasets.replay import is_image
@@ -52,12 +53,6 @@ ONNX_OUTPUT = "action"
 # and the INFO logs of its graph optimiser, which the entry points' stdout logging would print.
 EXPORTER_NOISE = (r".*isinstance\(treespec, LeafSpec\).*", r".*The axis name: batch will not be used.*")
 EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")
-ACTION_MEANINGS = {
-    "pickplace": ["dx (x 0.04 m)", "dy (x 0.04 m)", "dz (x 0.04 m)", "gripper: -1 open, +1 closed"],
-    "lift": ["OSC_POSE dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"],
-    "can": ["OSC_POSE dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"],
-}
-CONTROL_HZ = {"lift": 20.0, "can": 20.0}
 
 
 class PolicyCore(nn.Module):
@@ -147,12 +142,13 @@ def example_inputs(obs_spec: dict, obs_keys: list[str], batch: int = 2) -> list[
 def build_metadata(checkpoint: dict[str, Any], checkpoint_path: Path, obs_keys: list[str]) -> dict[str, Any]:
     env = checkpoint["env"]
     spec = checkpoint["obs_spec"]
-    control_hz = float(env["kwargs"].get("control_hz", CONTROL_HZ.get(env["name"], 10.0)))
+    action_meaning, default_hz = sim.task_facts(env["name"])
+    control_hz = float(env["kwargs"].get("control_hz", default_hz))
     return {
         "obs_keys": obs_keys,
         "inputs": [{"key": k, "shape": ["B", *spec[k]["shape"]], "dtype": spec[k]["dtype"]} for k in obs_keys],
         "action_dim": int(checkpoint["action_dim"]),
-        "action_meaning": ACTION_MEANINGS.get(env["name"], [f"a{i}" for i in range(int(checkpoint["action_dim"]))]),
+        "action_meaning": action_meaning,
         "action_range": [-1.0, 1.0],
         "control_hz": control_hz,
         "env": env,

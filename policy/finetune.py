@@ -20,29 +20,27 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+from tqdm import tqdm
 
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import sim  # noqa: E402
-from datasets.offline import load_replay  # noqa: E402
-from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, is_image, sample_offline_online  # noqa: E402
-from datasets.returns import RewardConfig, episode_rewards_and_returns  # noqa: E402
-from perception.encoders import EncoderConfig  # noqa: E402
-from policy.agent import Agent, AlgoConfig  # noqa: E402
-from policy.algorithms import algo_config, check_config, lookup, make_agent  # noqa: E402
-from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
-from policy.config import FinetuneConfig  # noqa: E402
-from policy.evaluation import Evaluator, calibration_batch, calibration_metrics, evaluate_policies  # noqa: E402
-from policy.logger import MetricLogger, MetricWindow  # noqa: E402
-from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path  # noqa: E402
-from policy.run import WallClock, check_command_line, check_speed_options, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
-from sim.rendering import prepare_rendering  # noqa: E402
+import sim
+from datasets.offline import load_replay
+from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, is_image, sample_offline_online
+from datasets.returns import RewardConfig, episode_rewards_and_returns
+from perception.encoders import EncoderConfig
+from policy.agent import Agent, AlgoConfig
+from policy.algorithms import algo_config, check_config, lookup, make_agent
+from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint
+from policy.config import FinetuneConfig
+from policy.evaluation import Evaluator, calibration_batch, calibration_metrics, evaluate_policies
+from policy.logger import MetricLogger, MetricWindow
+from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path
+from policy.run import WallClock, check_command_line, check_speed_options, prepare_device, prepare_run_dir, resolve_device, run_workspace
+from sim.rendering import prepare_rendering
 
 log = logging.getLogger(__name__)
 

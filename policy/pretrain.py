@@ -9,33 +9,30 @@ steps and writes self-describing checkpoints to the hydra run directory.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+from tqdm import tqdm
 
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import sim  # noqa: E402
-from datasets.offline import file_obs_spec, load_replay  # noqa: E402
-from datasets.replay import ObsSpec, is_image  # noqa: E402
-from datasets.robomimic_hdf5 import read_env_args  # noqa: E402
-from policy.algorithms import check_config, make_agent, with_defaults  # noqa: E402
-from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint  # noqa: E402
-from policy.config import DatasetConfig, EnvConfig, PretrainConfig  # noqa: E402
-from policy.evaluation import Evaluator, calibration_batch, calibration_metrics, evaluate_policies  # noqa: E402
-from policy.logger import MetricLogger, MetricWindow  # noqa: E402
-from policy.run import WallClock, check_command_line, check_speed_options, prepare_device, prepare_run_dir, resolve_device, run_workspace  # noqa: E402
-from sim.rendering import prepare_rendering  # noqa: E402
-from sim.robosuite_tasks import ROBOSUITE_NAMES  # noqa: E402
+import sim
+from datasets.offline import file_obs_spec, load_replay
+from datasets.replay import ObsSpec, is_image
+from datasets.robomimic_hdf5 import read_env_args
+from policy.algorithms import check_config, make_agent, with_defaults
+from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from policy.config import DatasetConfig, EnvConfig, PretrainConfig
+from policy.evaluation import Evaluator, calibration_batch, calibration_metrics, evaluate_policies
+from policy.logger import MetricLogger, MetricWindow
+from policy.run import WallClock, check_command_line, check_speed_options, prepare_device, prepare_run_dir, resolve_device, run_workspace
+from sim.rendering import prepare_rendering
+from sim.robosuite_tasks import ROBOSUITE_NAMES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)

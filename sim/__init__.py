@@ -52,6 +52,19 @@ def make_env(name: str, **kwargs: Any) -> gym.Env:
     return TASKS[name](**kwargs)
 
 
+def task_facts(name: str) -> tuple[list[str], float]:
+    """What each action dimension of task ``name`` commands, and its default control rate (Hz)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(sorted(TASKS))}")
+    if name == "pickplace":
+        from sim.pickplace import ACTION_MEANING, PickPlaceConfig
+
+        return ACTION_MEANING, PickPlaceConfig.control_hz
+    from sim.robosuite_tasks import ACTION_MEANING, DEFAULT_CONTROL_HZ
+
+    return ACTION_MEANING, DEFAULT_CONTROL_HZ
+
+
 def env_from_args(env_args: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
     """The task and keyword arguments of the env a dataset file was made in, from its
     ``env_args``: this project's files name a task here and its kwargs; robomimic's name a

@@ -16,14 +16,12 @@ substeps in C. Grasping is physical: the cube is held only by finger contact and
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-import mujoco  # noqa: E402  (MUJOCO_GL must be set before the first import)
+import mujoco  # the package's __init__ has set MUJOCO_GL before this first import
 
 from sim.actions import checked_action  # noqa: E402
 from sim.lifetime import close_at_exit  # noqa: E402
@@ -51,6 +49,10 @@ CAMERA_POS = np.array([0.2, 0.02, 1.4])
 CAMERA_LOOKAT = np.array([-0.07, 0.02, 0.82])
 CAMERA_FOVY = 48.0
 FINGER_OPEN = 0.04
+
+
+# What each of the 4 action dimensions commands (exported with the policy for its controller)
+ACTION_MEANING = ["dx (x 0.04 m)", "dy (x 0.04 m)", "dz (x 0.04 m)", "gripper: -1 open, +1 closed"]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ from sim.actions import checked_action
 
 ROBOSUITE_NAMES = {"lift": "Lift", "can": "PickPlaceCan"}
 TASKS_BY_ROBOSUITE_NAME = {robosuite_name: task for task, robosuite_name in ROBOSUITE_NAMES.items()}
+# What each of the 7 action dimensions commands (exported with the policy for its controller)
+ACTION_MEANING = ["OSC_POSE dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
+DEFAULT_CONTROL_HZ = 20.0
 # Length of robosuite's "object-state" observation for each task.
 OBJECT_STATE_DIMS = {"lift": 10, "can": 14}
 DEFAULT_HORIZONS = {"lift": 200, "can": 400}
@@ -42,7 +45,7 @@ class RobosuiteTaskEnv(gym.Env):
         cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand"),
         horizon: int | None = None,
         controller: dict[str, Any] | None = None,
-        control_hz: float = 20.0,
+        control_hz: float = DEFAULT_CONTROL_HZ,
         render_size: int = 256,
         render_mode: str | None = "rgb_array",
     ) -> None:
