@@ -98,8 +98,9 @@ class FinetuneConfig:
     actor_bc_source: Optional[str] = None  # all | offline: the rows the BC term imitates; null: the checkpoint's
     actor_lr: Optional[float] = None  # the actor's learning rate online; null: the checkpoint's
     # Rate of the moving average of the policy that is evaluated and exported (algo's
-    # policy_average_tau; about the last 1/tau updates); null: the checkpoint's, 0: none. A new
-    # average starts from the pretrained policy. With sampling=uniform, what keeps image
+    # policy_average_tau; about the last 1/tau updates). The default 0.001 applies whatever the
+    # checkpoint had; null keeps the checkpoint's rate, 0 turns the average off. A new average
+    # starts from the pretrained policy. With sampling=uniform, what keeps image
     # fine-tuning from unlearning (docs/results/finetune_average).
     policy_average_tau: Optional[float] = 0.001
     # Exploration noise online relative to the policy's own (the SAC family's sampled standard
