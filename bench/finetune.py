@@ -54,19 +54,16 @@ def main() -> None:
             workspace = Workspace(config, Path(run_dir))
         except ValueError as error:  # a setting that cannot apply here: one line, before any work
             parser.error(str(error))
-        # the loop alone: no evaluation episodes, no checkpoint writes
-        workspace.evaluate = lambda before_training=False: {"success_rate": float("nan"), "cumulative_regret": float("nan")}
-        workspace.save = lambda: None
         try:
             # start-up (sim workers, the first batches, compiling) is timed apart
             config.env_steps = args.warmup_steps
             start = time.perf_counter()
-            workspace.train()
+            workspace.train(loop_only=True)
             warmup = time.perf_counter() - start
             config.env_steps = args.warmup_steps + args.env_steps
             first_step, first_update = workspace.env_steps, workspace.updates
             start = time.perf_counter()
-            result = workspace.train()
+            result = workspace.train(loop_only=True)
             wall = time.perf_counter() - start
         finally:
             workspace.close()

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -46,8 +47,57 @@ log = logging.getLogger(__name__)
 
 
 class Workspace:
+    """Fine-tuning, built in the order of its checks (each before any long work): settings, the
+    machine, the agent and its env, the online settings, offline data, the online buffer, resume."""
+
     def __init__(self, cfg: FinetuneConfig, run_dir: Path) -> None:
         self.clock = WallClock()
+        self._check_settings(cfg)
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device = resolve_device(cfg.device)
+        check_speed_options(cfg.compile, cfg.cuda_graphs, cfg.encoder_bf16, self.device)
+        log.info("learner: %s", prepare_device(self.device, cfg.threads))
+        self.renderer = prepare_rendering(self.device)  # before any sim worker starts: they inherit it
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)  # replay batches, on the device
+        resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
+        resumed = load_checkpoint(resume_path, self.device) if resume_path else None
+
+        # The agent: pretrained, or from scratch. Everything is checked before any work.
+        source = resumed or (load_checkpoint(cfg.checkpoint, self.device) if cfg.checkpoint else None)
+        offline_path = self._build_agent(source, resuming=resumed is not None)
+        self._apply_online_settings()
+        # What is trained, and where, is what the run records.
+        cfg.algo = self.agent.config
+        cfg.encoder = self.agent.encoder.config
+        cfg.env.name, cfg.env.kwargs = self.env_name, dict(self.env_kwargs)
+        self.reward = self._reward_config(source)
+        self.offline_path: str | None = None
+        self.offline: ReplayBuffer | None = None
+        self.calibration: Batch | None = None  # held-out offline states, as in pretraining
+        if cfg.offline_data and not (cfg.sampling == "mixed" and cfg.mixing_ratio == 0):
+            self._load_offline_data(offline_path, new_agent=source is None)
+        capacity = cfg.env_steps + cfg.num_envs * 1000  # a kill may redo up to one episode per env
+        self.online = ReplayBuffer(self.obs_spec, self.agent.action_dim, capacity, 2 * capacity, self.device)
+        log.info("online buffer: capacity %d transitions, %.1f MB", capacity, self.online.nbytes / 2**20)
+
+        self.env_steps = self.updates = self.episodes = self.faults = 0
+        self.updates_due = 0.0  # earned by finished episodes, not yet made (a fraction when utd is one)
+        self.window = MetricWindow()  # the update metrics of the next train.csv row
+        self.sim_seconds = self.learn_seconds = 0.0
+        self.eval_history: list[list[float]] = []  # (env_steps, success_rate)
+        if resumed is not None:
+            self._restore(resumed)
+        # On resume, rows the interrupted run logged after its last checkpoint are dropped.
+        resume_steps = {"train": self.updates, "eval": self.env_steps, "episodes": self.env_steps} if resumed else None
+        self.logger = MetricLogger(run_dir, resume_steps)
+        self.evaluator = Evaluator(self.env_name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+
+    @staticmethod
+    def _check_settings(cfg: FinetuneConfig) -> None:
+        """The command line's own settings, before anything is loaded or started."""
         if cfg.num_envs == 0:  # the learner keeps a core
             cfg.num_envs = max(2, len(os.sched_getaffinity(0)) - 1)
         for name in ("env_steps", "num_envs", "batch_size", "eval_every", "eval_episodes", "eval_workers", "checkpoint_every", "log_every"):
@@ -70,21 +120,19 @@ class Workspace:
         if cfg.sampling == "offline" and not cfg.offline_data:
             raise ValueError("sampling=offline (the offline-only control) trains on the offline data only, but "
                              "offline_data=false; set offline_data=true or choose sampling=mixed|uniform")
-        self.cfg, self.run_dir = cfg, run_dir
-        self.device = resolve_device(cfg.device)
-        check_speed_options(cfg.compile, cfg.cuda_graphs, cfg.encoder_bf16, self.device)
-        log.info("learner: %s", prepare_device(self.device, cfg.threads))
-        self.renderer = prepare_rendering(self.device)  # before any sim worker starts: they inherit it
-        torch.manual_seed(cfg.seed)
-        self.rng = np.random.default_rng(cfg.seed)
-        self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)  # replay batches, on the device
-        resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
-        resumed = load_checkpoint(resume_path, self.device) if resume_path else None
+        if not cfg.exploration_scale >= 0:
+            raise ValueError(f"exploration_scale must be >= 0, got {cfg.exploration_scale}")
+        if cfg.actor_lr is not None and not cfg.actor_lr > 0:
+            raise ValueError(f"actor_lr must be > 0, got {cfg.actor_lr}")
 
-        # The agent: pretrained, or from scratch. Everything is checked before any work.
-        source = resumed or (load_checkpoint(cfg.checkpoint, self.device) if cfg.checkpoint else None)
+    def _build_agent(self, source: dict[str, Any] | None, resuming: bool) -> str | None:
+        """The agent from ``source`` (a checkpoint) or a new one, its env and observation spec,
+        checked against the env; returns the offline data the checkpoint names (None: the
+        dataset setting's)."""
+        cfg = self.cfg
+        offline_path = None
         if source is not None:
-            self._check_no_algorithm_override(source, resumed is not None)
+            self._check_no_algorithm_override(source, resuming)
             self.agent: Agent = restore_agent(source, self.device)
             if cfg.env.name is not None and cfg.env.name != source["env"]["name"]:
                 raise ValueError(f"env={cfg.env.name} cannot be combined with a checkpoint made for env "
@@ -100,18 +148,29 @@ class Workspace:
             cfg.encoder = cfg.encoder if cfg.encoder is not None else EncoderConfig()
             check_config(cfg.algo)
             self.env_name, self.env_kwargs = cfg.env.name or "pickplace", cfg.env.overrides()
-            self.algo, offline_path, self.pretrain_config = cfg.algo.name, None, None
+            self.algo, self.pretrain_config = cfg.algo.name, None
         probe = sim.make_env(self.env_name, **self.env_kwargs)
-        action_dim = probe.action_space.shape[0]
-        if source is None:
-            self.obs_spec = {k: {"shape": list(probe.observation_space[k].shape), "dtype": str(probe.observation_space[k].dtype)}
-                             for k in cfg.dataset.obs_keys if k in probe.observation_space.spaces}
-            missing = sorted(set(cfg.dataset.obs_keys) - set(self.obs_spec))
-            if missing:
-                raise ValueError(f"observation key(s) {missing} are not produced by env {self.env_name!r}")
-            self.agent = make_agent(cfg.algo, self.obs_spec, action_dim, cfg.encoder, self.device)
-        check_obs_spec(self.obs_spec, probe.observation_space, self.env_name, "checkpoint")
+        try:
+            action_dim = probe.action_space.shape[0]
+            if source is None:
+                self.obs_spec = {k: {"shape": list(probe.observation_space[k].shape), "dtype": str(probe.observation_space[k].dtype)}
+                                 for k in cfg.dataset.obs_keys if k in probe.observation_space.spaces}
+                missing = sorted(set(cfg.dataset.obs_keys) - set(self.obs_spec))
+                if missing:
+                    raise ValueError(f"observation key(s) {missing} are not produced by env {self.env_name!r}")
+                self.agent = make_agent(cfg.algo, self.obs_spec, action_dim, cfg.encoder, self.device)
+            check_obs_spec(self.obs_spec, probe.observation_space, self.env_name, "checkpoint")
+        finally:
+            probe.close()
+        if action_dim != self.agent.action_dim:
+            raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
         self.obs_keys = sorted(self.obs_spec)  # the order observations are batched and stored in
+        return offline_path
+
+    def _apply_online_settings(self) -> None:
+        """Fine-tuning's own settings on the agent: the online values of algorithm settings,
+        the actor's learning rate, a frozen encoder, exploration, speed options."""
+        cfg = self.cfg
         for option in ("actor_bc_weight", "actor_bc_source", "policy_average_tau"):
             if getattr(cfg, option) is not None:
                 try:
@@ -119,80 +178,59 @@ class Workspace:
                 except ValueError as error:  # named as this command line spells it
                     raise ValueError(str(error).replace(f"algo.{option}", option)) from None
         if cfg.actor_lr is not None:
-            if not cfg.actor_lr > 0:
-                raise ValueError(f"actor_lr must be > 0, got {cfg.actor_lr}")
             self.agent.set_actor_lr(cfg.actor_lr)
         if cfg.freeze_encoder:
             self.agent.freeze_encoders()
-        if not cfg.exploration_scale >= 0:
-            raise ValueError(f"exploration_scale must be >= 0, got {cfg.exploration_scale}")
         self.agent.exploration_scale = cfg.exploration_scale
         self.agent.set_encoder_bf16(cfg.encoder_bf16)
         if cfg.compile:
             self.agent.compile_networks(cfg.cuda_graphs)
-        if action_dim != self.agent.action_dim:
-            raise ValueError(f"action dimension mismatch: checkpoint {self.agent.action_dim}, env {self.env_name!r} {action_dim}")
-        probe.close()
-        # What is trained, and where, is what the run records.
-        cfg.algo = self.agent.config
-        cfg.encoder = self.agent.encoder.config
-        cfg.env.name, cfg.env.kwargs = self.env_name, dict(self.env_kwargs)
-        gamma, reward = self.agent.config.gamma, cfg.dataset.reward
-        if source is not None and "dataset" in source["config"]:
-            # The critic's values are in the units of the rewards it was trained on.
-            reward = RewardConfig(**source["config"]["dataset"]["reward"])
-            if reward != cfg.dataset.reward:
-                log.warning("rewards transformed as in the checkpoint (%s), not as in dataset.reward (%s)", reward, cfg.dataset.reward)
-        self.reward = reward
 
-        # Offline frames at the policy's input size, whatever size the file holds.
+    def _reward_config(self, source: dict[str, Any] | None) -> RewardConfig:
+        """The reward transform of online episodes: the checkpoint's (the critic's values are in
+        the units of the rewards it was trained on), else the dataset setting's."""
+        reward = self.cfg.dataset.reward
+        if source is not None and "dataset" in source["config"]:
+            reward = RewardConfig(**source["config"]["dataset"]["reward"])
+            if reward != self.cfg.dataset.reward:
+                log.warning("rewards transformed as in the checkpoint (%s), not as in dataset.reward (%s)", reward, self.cfg.dataset.reward)
+        return reward
+
+    def _load_offline_data(self, offline_path: str | None, new_agent: bool) -> None:
+        """The offline replay (frames at the policy's input size, whatever the file holds) and
+        its held-out calibration states; a new agent standardises inputs like the data."""
+        cfg = self.cfg
+        gamma = self.agent.config.gamma
         image_size = next((spec["shape"][0] for spec in self.obs_spec.values() if is_image(spec)), None)
         if cfg.dataset.image_size is not None and cfg.dataset.image_size != image_size:
             raise ValueError(f"dataset.image_size={cfg.dataset.image_size}, but the policy's input size is "
                              f"{image_size or 'none (no images)'}: fine-tuning resizes offline frames to the "
                              f"policy's input size, set by env.kwargs.image_size; drop dataset.image_size")
-        self.offline: ReplayBuffer | None = None
-        self.calibration: Batch | None = None  # held-out offline states, as in pretraining
-        if cfg.offline_data and not (cfg.sampling == "mixed" and cfg.mixing_ratio == 0):
-            if offline_path is None:
-                offline_path = str(dataset_path(cfg.dataset))
-            self.offline_path = str(offline_path)
-            self.offline, _ = load_replay(offline_path, self.obs_keys, gamma, reward, cfg.dataset.filter_key,
-                                          cfg.dataset.terminals, image_size, self.device)
-            if self.offline.obs_spec != self.obs_spec:
-                raise ValueError(f"offline data {offline_path} has observations {self.offline.obs_spec}, "
-                                 f"the agent expects {self.obs_spec}")
-            if source is None:  # a new agent standardises inputs like the data
-                self.agent.set_lowdim_normalization(self.offline.lowdim_stats())
-            self.calibration = calibration_batch(
-                offline_path, self.obs_keys, gamma, reward, cfg.dataset.terminals, cfg.dataset.eval_filter_key,
-                cfg.calibration_states, cfg.seed + 1, self.offline, image_size)
-        capacity = cfg.env_steps + cfg.num_envs * 1000  # a kill may redo up to one episode per env
-        self.online = ReplayBuffer(self.obs_spec, action_dim, capacity, 2 * capacity, self.device)
-        log.info("online buffer: capacity %d transitions, %.1f MB", capacity, self.online.nbytes / 2**20)
+        self.offline_path = str(offline_path if offline_path is not None else dataset_path(cfg.dataset))
+        self.offline, _ = load_replay(self.offline_path, self.obs_keys, gamma, self.reward, cfg.dataset.filter_key,
+                                      cfg.dataset.terminals, image_size, self.device)
+        if self.offline.obs_spec != self.obs_spec:
+            raise ValueError(f"offline data {self.offline_path} has observations {self.offline.obs_spec}, "
+                             f"the agent expects {self.obs_spec}")
+        if new_agent:
+            self.agent.set_lowdim_normalization(self.offline.lowdim_stats())
+        self.calibration = calibration_batch(
+            self.offline_path, self.obs_keys, gamma, self.reward, cfg.dataset.terminals, cfg.dataset.eval_filter_key,
+            cfg.calibration_states, cfg.seed + 1, self.offline, image_size)
 
-        self.env_steps = self.updates = self.episodes = self.faults = 0
-        self.updates_due = 0.0  # earned by finished episodes, not yet made (a fraction when utd is one)
-        self.window = MetricWindow()  # the update metrics of the next train.csv row
-        self.sim_seconds = self.learn_seconds = 0.0
-        self.eval_history: list[list[float]] = []  # (env_steps, success_rate)
-        if resumed is not None:
-            self.online.load_state_dict(resumed["online_buffer"])
-            counters = resumed["counters"]
-            self.env_steps, self.updates = int(counters["env_steps"]), int(counters["updates"])
-            self.episodes, self.faults = int(counters["episodes"]), int(counters["faults"])
-            self.updates_due = float(counters.get("updates_due", 0.0))
-            self.window.load_state_dict(resumed.get("metric_window", {}))
-            self.eval_history = [list(row) for row in resumed["eval_history"]]
-            self.clock.continue_from(resumed.get("wall_seconds", 0.0))  # absent in older checkpoints
-            restore_rng_state(resumed["rng"], self.rng, self.sampler)
-            log.info("resumed from env step %d (%d updates)", self.env_steps, self.updates)
-            print(f"resumed from env step {self.env_steps}", flush=True)
-        # On resume, rows the interrupted run logged after its last checkpoint are dropped.
-        resume_steps = {"train": self.updates, "eval": self.env_steps, "episodes": self.env_steps} if resumed else None
-        self.logger = MetricLogger(run_dir, resume_steps)
-        self.evaluator = Evaluator(self.env_name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
-        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+    def _restore(self, resumed: dict[str, Any]) -> None:
+        """Continue a killed run from its checkpoint: online data, counters, RNG, clock."""
+        self.online.load_state_dict(resumed["online_buffer"])
+        counters = resumed["counters"]
+        self.env_steps, self.updates = int(counters["env_steps"]), int(counters["updates"])
+        self.episodes, self.faults = int(counters["episodes"]), int(counters["faults"])
+        self.updates_due = float(counters.get("updates_due", 0.0))
+        self.window.load_state_dict(resumed.get("metric_window", {}))
+        self.eval_history = [list(row) for row in resumed["eval_history"]]
+        self.clock.continue_from(resumed.get("wall_seconds", 0.0))  # absent in older checkpoints
+        restore_rng_state(resumed["rng"], self.rng, self.sampler)
+        log.info("resumed from env step %d (%d updates)", self.env_steps, self.updates)
+        print(f"resumed from env step {self.env_steps}", flush=True)
 
     def _check_no_algorithm_override(self, source: dict, resuming: bool) -> None:
         """A checkpoint brings its algorithm and encoder; ``algo``/``encoder`` given beside one
@@ -217,7 +255,7 @@ class Workspace:
             "obs_spec": self.obs_spec,
             "action_dim": self.agent.action_dim,
             "env": {"name": self.env_name, "kwargs": self.env_kwargs},
-            "dataset": getattr(self, "offline_path", None),
+            "dataset": self.offline_path,
             "agent": self.agent.training_state(),
             "step": self.updates,
             "counters": {"env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes, "faults": self.faults,
@@ -268,8 +306,10 @@ class Workspace:
         imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
 
     # ------------------------------------------------------------------------------- loop
-    def train(self) -> dict[str, float]:
-        """Collect -> store -> update -> evaluate -> checkpoint, until ``env_steps``.
+    def train(self, loop_only: bool = False) -> dict[str, float]:
+        """Collect -> store -> update -> evaluate -> checkpoint, until ``env_steps``;
+        ``loop_only``: collect, store and update only (no evaluation, no checkpoint: what
+        ``bench.finetune`` times).
 
         A checkpoint is taken only at an episode boundary of every env, so that it holds exactly
         the data and updates that its counters say and a resumed run goes on as the uninterrupted
@@ -287,21 +327,22 @@ class Workspace:
         self.bar = tqdm(total=cfg.env_steps, initial=self.env_steps, desc=f"finetune {self.algo}", unit="step", dynamic_ncols=True)
         try:
             obs = self._start_episodes(envs)
-            if cfg.eval_at_start and self.env_steps == 0:
+            if cfg.eval_at_start and self.env_steps == 0 and not loop_only:
                 # the starting point of the curve, measured exactly like every later point
                 self._log_evaluation(self.evaluate(before_training=True))
             while self.env_steps < cfg.env_steps:
                 obs = self._collect_step(envs, obs, episodes, collecting, checkpoint_due)
                 self._update()
-                if self.env_steps >= next_eval or self.env_steps >= cfg.env_steps:
+                if not loop_only and (self.env_steps >= next_eval or self.env_steps >= cfg.env_steps):
                     next_eval += cfg.eval_every
                     last_eval = self._log_evaluation(self.evaluate())
-                checkpoint_due = checkpoint_due or self.env_steps >= next_checkpoint
+                checkpoint_due = not loop_only and (checkpoint_due or self.env_steps >= next_checkpoint)
                 if checkpoint_due and not collecting.any():
                     next_checkpoint = (self.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
                     self.save()
                     obs, checkpoint_due, collecting[:] = self._start_episodes(envs), False, True
-            self.save()
+            if not loop_only:
+                self.save()
         finally:
             self.bar.close()
             envs.close()
