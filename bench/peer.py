@@ -57,14 +57,13 @@ import contextlib
 import dataclasses
 import io
 import sys
-import time
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.update import reference_agent, synthetic_batch, update_flops, updates_per_second
+from bench.update import calls_per_second, reference_agent, synthetic_batch, update_flops, updates_per_second
 from datasets.replay import Batch
 from perception.encoders import EncoderConfig
 from policy.algorithms import REGISTRY
@@ -166,13 +165,7 @@ def d3rlpy_calql(observation_shape: tuple[int, ...], batch_size: int) -> Any:
 
 def d3rlpy_updates_per_second(algo: Any, batch: Any, seconds: float, warmup: int = 3) -> float:
     """Updates/s over about ``seconds`` after ``warmup`` untimed updates, as ``updates_per_second``."""
-    for step in range(warmup):
-        algo.impl.update(batch, step)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        algo.impl.update(batch, warmup + count)
-        count += 1
-    return count / (time.perf_counter() - start)
+    return calls_per_second(lambda step: algo.impl.update(batch, step), seconds, torch.device("cpu"), warmup)
 
 
 def d3rlpy_update_flops(observation_shape: tuple[int, ...], batch: Any, batch_size: int) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -76,21 +77,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def updates_per_second(agent: Agent, batch: Batch, seconds: float, warmup: int = 3) -> float:
-    """Updates/s over about ``seconds`` after ``warmup`` untimed updates (compiling happens
-    there). Metrics stay on the device, as in training, and are read once at the end."""
-    for _ in range(warmup):
-        agent.update(batch)
-    synchronize(agent.device)
+def calls_per_second(call: Callable[[int], None], seconds: float, device: torch.device, warmup: int = 3) -> float:
+    """Calls/s of ``call(index)`` over about ``seconds``, after ``warmup`` untimed calls (indices
+    count from 0 through the warm-up); the device's queued work is waited for at both ends."""
+    for index in range(warmup):
+        call(index)
+    synchronize(device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        agent.update(batch)
+        call(warmup + count)
         count += 1
-        if count % 10 == 0:
-            agent.raise_if_nonfinite()  # the training loops check at each log row; a sync here too
-    synchronize(agent.device)
-    agent.raise_if_nonfinite()
+    synchronize(device)
     return count / (time.perf_counter() - start)
+
+
+def updates_per_second(agent: Agent, batch: Batch, seconds: float, warmup: int = 3) -> float:
+    """Updates/s over about ``seconds`` after ``warmup`` untimed updates (compiling happens
+    there). Metrics stay on the device, as in training; the non-finite flags are read every 10
+    updates, as the training loops do at each log row."""
+
+    def update(index: int) -> None:
+        agent.update(batch)
+        if index % 10 == 9:
+            agent.raise_if_nonfinite()
+
+    rate = calls_per_second(update, seconds, agent.device, warmup)
+    agent.raise_if_nonfinite()
+    return rate
 
 
 def update_flops(name: str, batch: Batch) -> tuple[int, int]:
@@ -116,19 +129,12 @@ def matmul_roofline(rows: int, hidden_dim: int, num_critics: int, device: torch.
     gradients = torch.randn(num_critics, rows, hidden_dim, device=device, generator=generator)
     weight = torch.randn(num_critics, hidden_dim, hidden_dim, device=device, generator=generator)
 
-    def products() -> None:
+    def products(index: int) -> None:
         torch.bmm(activations, weight)
         torch.bmm(gradients, weight.transpose(1, 2))
         torch.bmm(activations.transpose(1, 2), gradients)
 
-    products()
-    synchronize(device)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        products()
-        count += 1
-    synchronize(device)
-    return 3 * 2 * num_critics * rows * hidden_dim**2 * count / (time.perf_counter() - start) / 1e9
+    return 3 * 2 * num_critics * rows * hidden_dim**2 * calls_per_second(products, seconds, device, warmup=1) / 1e9
 
 
 def counted_share(prof: profile) -> float:
