@@ -19,14 +19,14 @@ already on the device. The base moves the batch, counts the updates and moves th
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from datasets.replay import Batch, ObsSpec
+from datasets.replay import Batch, ObsSpec, is_image
 from perception.encoders import EncoderConfig, ObservationEncoder
 from policy.networks import EnsembleCritic, soft_update
 
@@ -45,6 +45,14 @@ class AlgoConfig:
     # moved after every update like a target network; the average is the policy that is
     # evaluated and exported, the trained weights keep exploring. 0: no average.
     policy_average_tau: float = 0.0
+    # Observation keys only the critic reads: simulation state a robot lacks (e.g. ``object``,
+    # the cube's pose). They are loaded from the data besides ``dataset.obs_keys``; the actor
+    # then has its own encoder of the other keys, trained by the actor's loss, and the exported
+    # policy never takes them. Empty: the actor and critic read the same observations.
+    privileged_keys: list[str] = field(default_factory=list)
+    # False: the critic reads only the low-dimensional observations (with privileged_keys, the
+    # simulation state), not the camera: a much cheaper critic; the actor encodes the images.
+    critic_reads_images: bool = True
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,6 +62,37 @@ class NonFiniteLossError(RuntimeError):
 # What losses and updates report: scalar tensors, left on the training device until a log row
 # averages them (reading each back per update would synchronise the device every time).
 Metrics = dict[str, torch.Tensor]
+
+
+def policy_obs_spec(obs_spec: ObsSpec, privileged_keys: list[str]) -> ObsSpec:
+    """The observations the policy reads: ``obs_spec`` without the critic's privileged keys,
+    which must all be in it and leave at least one key."""
+    missing = sorted(set(privileged_keys) - set(obs_spec))
+    if missing:
+        raise ValueError(f"algo.privileged_keys {missing} are not observations of the data or checkpoint "
+                         f"(it has {sorted(obs_spec)}); drop them or use data that records them")
+    policy_spec = {key: spec for key, spec in obs_spec.items() if key not in privileged_keys}
+    if not policy_spec:
+        raise ValueError("algo.privileged_keys leaves the policy no observation; keep at least one key for the actor")
+    return policy_spec
+
+
+def critic_obs_spec(obs_spec: ObsSpec, reads_images: bool) -> ObsSpec:
+    """The observations the critic reads: all of them, or (``reads_images`` false) the
+    low-dimensional ones, of which there must be one."""
+    if reads_images:
+        return obs_spec
+    critic_spec = {key: spec for key, spec in obs_spec.items() if not is_image(spec)}
+    if not critic_spec:
+        raise ValueError(f"algo.critic_reads_images=false leaves the critic no observation ({sorted(obs_spec)} are all "
+                         f"images); add low-dimensional keys (e.g. algo.privileged_keys=[object]) or read the images")
+    return critic_spec
+
+
+def loaded_obs_keys(policy_keys: list[str], config: AlgoConfig) -> list[str]:
+    """The observation keys to load from data: the policy's (``dataset.obs_keys``) and then the
+    critic's privileged keys."""
+    return list(policy_keys) + [key for key in config.privileged_keys if key not in policy_keys]
 
 
 def to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -116,6 +155,8 @@ class Agent(nn.Module):
 
     actor: nn.Module
     critic: nn.Module
+    # Whether the algorithm's actor can read an encoder of its own (``algo.privileged_keys``)
+    supports_privileged_keys = False
 
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: AlgoConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
@@ -124,9 +165,14 @@ class Agent(nn.Module):
         self.check_settings(config)
         self.action_dim = action_dim
         self.device = torch.device(device)
-        # Trained by the critic's losses; actors and value heads read its features detached.
-        self.encoder = ObservationEncoder(obs_spec, encoder_config)
+        # Trained by the critic's losses; actors and value heads read its features detached,
+        # unless the actor reads other observations than the critic (its own encoder).
+        critic_spec = critic_obs_spec(obs_spec, config.critic_reads_images)
+        policy_spec = policy_obs_spec(obs_spec, config.privileged_keys)
+        self.encoder = ObservationEncoder(critic_spec, encoder_config)
         self.actor_encoder: ObservationEncoder | None = None
+        if policy_spec != critic_spec:
+            self.actor_encoder = ObservationEncoder(policy_spec, encoder_config)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.num_updates = 0
         self.nonfinite = NonFiniteLosses()
@@ -153,6 +199,9 @@ class Agent(nn.Module):
             raise ValueError(f"algo.tau must be in (0, 1], got {config.tau}")
         if config.hidden_dim < 1:
             raise ValueError(f"algo.hidden_dim must be positive, got {config.hidden_dim}")
+        if (config.privileged_keys or not config.critic_reads_images) and not cls.supports_privileged_keys:
+            raise ValueError(f"algo.privileged_keys and algo.critic_reads_images=false are not supported by algo "
+                             f"{config.name!r} (its actor reads the critic's features); use algo=calql, cql or sac")
 
     def change_setting(self, name: str, value: Any) -> None:
         """Change one setting of the algorithm's config (fine-tuning's online options); the config,
@@ -173,6 +222,11 @@ class Agent(nn.Module):
     def policy_encoder(self) -> ObservationEncoder:
         """The encoder the actor reads (its own where the algorithm gives it one)."""
         return self.actor_encoder if self.actor_encoder is not None else self.encoder
+
+    @property
+    def policy_obs_keys(self) -> list[str]:
+        """The observation keys the policy reads (sorted): those the exported policy takes."""
+        return sorted(self.policy_encoder.image_keys + self.policy_encoder.lowdim_keys)
 
     def evaluated_policy(self, trained: bool = False) -> tuple[ObservationEncoder, nn.Module]:
         """The encoder and actor of the deterministic policy: the moving average where there is

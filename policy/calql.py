@@ -57,7 +57,8 @@ class SACConfig(AlgoConfig):
     # rows hold the policy's own exploration actions, which anchor it to itself).
     actor_bc_source: str = "all"  # all | offline
     # The actor gets its own encoder, trained by the actor's loss (robomimic's layout), instead
-    # of reading the critic's features detached (DrQ's).
+    # of reading the critic's features detached (DrQ's). Non-empty privileged_keys give it one
+    # whatever this says.
     separate_actor_encoder: bool = False
 
 
@@ -158,14 +159,16 @@ class SACAgent(Agent):
     """Online SAC (``algo=sac``), and the base of CQL and Cal-QL: one update reads encode ->
     TD target -> critic step -> actor (and entropy) step on detached features -> soft update."""
 
+    supports_privileged_keys = True
+
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: SACConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
         self.target_entropy = config.target_entropy if config.target_entropy is not None else -float(action_dim)
-        if config.separate_actor_encoder:
+        if config.separate_actor_encoder and self.actor_encoder is None:
             self.actor_encoder = ObservationEncoder(obs_spec, encoder_config)
         self.make_critic()
-        self.actor = TanhGaussianActor(self.encoder.output_dim, action_dim, config.hidden_dim)
+        self.actor = TanhGaussianActor(self.policy_encoder.output_dim, action_dim, config.hidden_dim)
         self.log_entropy_alpha = nn.Parameter(torch.tensor(math.log(config.init_entropy_alpha)))
         self.to(self.device)
         actor_encoder_parameters = list(self.actor_encoder.parameters()) if self.actor_encoder else []

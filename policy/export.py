@@ -205,7 +205,7 @@ def export_policy(checkpoint_path: str | Path, out: str | Path, formats: tuple[s
     checkpoint = load_checkpoint(checkpoint_path)
     agent = restore_agent(checkpoint).eval()
     obs_spec = checkpoint["obs_spec"]
-    obs_keys = sorted(obs_spec)
+    obs_keys = agent.policy_obs_keys  # never the critic's privileged keys
     metadata = build_metadata(checkpoint, checkpoint_path, obs_keys)
     core = PolicyCore(agent, obs_keys).eval().requires_grad_(False)
     examples = example_inputs(obs_spec, obs_keys)

@@ -33,7 +33,7 @@ from datasets.offline import load_replay
 from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, is_image, sample_offline_online
 from datasets.returns import RewardConfig, episode_rewards_and_returns
 from perception.encoders import EncoderConfig
-from policy.agent import Agent, AlgoConfig
+from policy.agent import Agent, AlgoConfig, loaded_obs_keys
 from policy.algorithms import algo_config, check_config, lookup, make_agent
 from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint
 from policy.config import FinetuneConfig
@@ -153,9 +153,10 @@ class Workspace:
         try:
             action_dim = probe.action_space.shape[0]
             if source is None:
+                keys = loaded_obs_keys(cfg.dataset.obs_keys, cfg.algo)
                 self.obs_spec = {k: {"shape": list(probe.observation_space[k].shape), "dtype": str(probe.observation_space[k].dtype)}
-                                 for k in cfg.dataset.obs_keys if k in probe.observation_space.spaces}
-                missing = sorted(set(cfg.dataset.obs_keys) - set(self.obs_spec))
+                                 for k in keys if k in probe.observation_space.spaces}
+                missing = sorted(set(keys) - set(self.obs_spec))
                 if missing:
                     raise ValueError(f"observation key(s) {missing} are not produced by env {self.env_name!r}")
                 self.agent = make_agent(cfg.algo, self.obs_spec, action_dim, cfg.encoder, self.device)

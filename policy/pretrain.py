@@ -25,6 +25,7 @@ import sim
 from datasets.offline import file_obs_spec, load_replay
 from datasets.replay import ObsSpec, is_image
 from datasets.robomimic_hdf5 import read_env_args
+from policy.agent import loaded_obs_keys
 from policy.algorithms import check_config, make_agent, with_defaults
 from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from policy.config import DatasetConfig, EnvConfig, PretrainConfig
@@ -123,7 +124,7 @@ class Workspace:
         self.dataset_path = path
         # The file against the evaluation env, before the (long) load.
         self.env_kwargs = env_for_dataset(path, cfg.dataset, cfg.env)
-        obs_keys, image_size = list(cfg.dataset.obs_keys), cfg.dataset.image_size
+        obs_keys, image_size = loaded_obs_keys(cfg.dataset.obs_keys, cfg.algo), cfg.dataset.image_size
         probe = sim.make_env(cfg.env.name, **self.env_kwargs)  # spaces only: no rendering yet
         check_obs_spec(file_obs_spec(path, obs_keys, image_size), probe.observation_space, cfg.env.name)
         action_dim = probe.action_space.shape[0]
