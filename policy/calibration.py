@@ -1,0 +1,92 @@
+"""How a checkpoint's critic compares with the Monte-Carlo returns of a dataset's states:
+``python -m policy.calibration checkpoint=PATH [dataset_file=PATH] [filter_key=valid|null] [states=1024]``.
+
+The returns are computed as the checkpoint's critic was trained: its discount, reward
+transform and terminal rule. By default the states are the held-out ``valid`` split of the data
+the checkpoint was trained on; ``dataset_file=`` scores another file (e.g. one collected with another
+seed), ``filter_key=null`` every episode of it. Prints the figures the training runs log
+(``q_data``, ``q_policy``, ``mc_return``, ``q_data_mc_corr``, ...) and, with ``out=``, writes
+them as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import hydra
+import numpy as np
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from datasets.atomic import write_bytes_atomically
+from datasets.command_line import check_overrides, remove_empty_run_dir
+from datasets.offline import load_replay
+from datasets.replay import is_image
+from datasets.returns import RewardConfig
+from policy.checkpoint import load_checkpoint, restore_agent
+from policy.evaluation import calibration_metrics
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class CalibrationConfig:
+    checkpoint: str = "???"
+    dataset_file: Optional[str] = None  # null: the file the checkpoint was trained on
+    filter_key: Optional[str] = "valid"  # the file's split to score; null: every episode
+    states: int = 1024  # states drawn (uniformly, with replacement) from the selected episodes
+    seed: int = 0
+    out: Optional[str] = None  # also write the figures to this JSON file
+
+
+ConfigStore.instance().store(name="calibration_schema", node=CalibrationConfig)
+
+
+def checkpoint_calibration(config: CalibrationConfig) -> dict[str, float | str | int]:
+    """The calibration figures of ``config.checkpoint``'s critic on the chosen states."""
+    if config.states < 2:
+        raise ValueError(f"states must be at least 2 (a correlation needs two), got {config.states}")
+    checkpoint = load_checkpoint(config.checkpoint)
+    dataset = config.dataset_file or checkpoint.get("dataset")
+    if not dataset:
+        raise ValueError(f"{config.checkpoint} does not name the data it was trained on; give dataset_file=PATH")
+    if not Path(dataset).is_file():
+        raise FileNotFoundError(f"dataset file not found: {dataset}")
+    trained = checkpoint["config"]
+    obs_spec = checkpoint["obs_spec"]
+    image_size = next((spec["shape"][0] for spec in obs_spec.values() if is_image(spec)), None)
+    gamma = float(trained["algo"]["gamma"])
+    replay, stats = load_replay(dataset, sorted(obs_spec), gamma, RewardConfig(**trained["dataset"]["reward"]),
+                                config.filter_key, trained["dataset"]["terminals"], image_size)
+    if replay.obs_spec != obs_spec:
+        raise ValueError(f"{dataset} has observations {replay.obs_spec}, the checkpoint's critic reads {obs_spec}")
+    index = np.random.default_rng(config.seed).integers(0, len(replay), size=config.states)
+    agent = restore_agent(checkpoint).eval()
+    metrics = calibration_metrics(agent, replay.gather(index, gamma))
+    return {"checkpoint": str(config.checkpoint), "dataset": str(dataset), "filter_key": config.filter_key,
+            "episodes": stats.episodes, "states": config.states, "gamma": gamma, **metrics}
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "configs"), config_name="calibration")
+def main(cfg) -> None:
+    config: CalibrationConfig = OmegaConf.to_object(cfg)
+    try:
+        figures = checkpoint_calibration(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        remove_empty_run_dir(Path(HydraConfig.get().runtime.output_dir))
+        sys.exit(2)
+    for key, value in figures.items():
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    if config.out:
+        write_bytes_atomically(config.out, (json.dumps(figures, indent=2) + "\n").encode())
+
+
+if __name__ == "__main__":
+    check_overrides(sys.argv[1:], PROJECT_ROOT / "configs", "calibration")
+    main()
