@@ -108,7 +108,7 @@ def summarize(f: h5py.File) -> dict[str, Any]:
     filters = {key: demo_names(f, key) for key in (f["mask"] if "mask" in f else [])}
     problems = []
     try:
-        env_args: dict[str, Any] | None = read_env_args(path)
+        env_args: dict[str, Any] | None = read_env_args(f)
     except ValueError as error:
         env_args = None
         problems.append(str(error))

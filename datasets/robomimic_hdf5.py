@@ -163,14 +163,13 @@ def demo_names(f: h5py.File, filter_key: str | None = None) -> list[str]:
     return sorted(names, key=lambda n: int(n[len("demo_"):]))
 
 
-def read_env_args(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``env_args`` a file was made with (``env_name`` and ``env_kwargs``)."""
-    with open_dataset(path) as f:
-        if "data" not in f or "env_args" not in f["data"].attrs:
-            raise ValueError(f"{path}: no 'env_args' attribute on the 'data' group (robomimic files record the env "
-                             f"they were made in there); add it, e.g. data.attrs['env_args'] = "
-                             f"json.dumps({{'env_name': 'pickplace', 'env_kwargs': {{}}}})")
-        try:
-            return json.loads(f["data"].attrs["env_args"])
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: the 'env_args' attribute is not JSON ({error})") from None
+def read_env_args(f: h5py.File) -> dict[str, Any]:
+    """The ``env_args`` an open file was made with (``env_name`` and ``env_kwargs``)."""
+    if "data" not in f or "env_args" not in f["data"].attrs:
+        raise ValueError(f"{f.filename}: no 'env_args' attribute on the 'data' group (robomimic files record the env "
+                         f"they were made in there); add it, e.g. data.attrs['env_args'] = "
+                         f"json.dumps({{'env_name': 'pickplace', 'env_kwargs': {{}}}})")
+    try:
+        return json.loads(f["data"].attrs["env_args"])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{f.filename}: the 'env_args' attribute is not JSON ({error})") from None

@@ -4,14 +4,13 @@ calibration picture (the critic's Q against Monte-Carlo returns on fixed states)
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
 import sim
-from datasets.offline import load_replay
+from datasets.offline import DemoFile
 from datasets.replay import Batch, ReplayBuffer
 from datasets.returns import RewardConfig
 from policy.agent import Agent
@@ -19,7 +18,7 @@ from policy.agent import Agent
 log = logging.getLogger(__name__)
 
 
-def calibration_batch(path: str | Path, obs_keys: list[str], gamma: float, reward: RewardConfig, terminals: str,
+def calibration_batch(data: DemoFile, obs_keys: list[str], gamma: float, reward: RewardConfig, terminals: str,
                       filter_key: str | None, count: int, seed: int, fallback: ReplayBuffer,
                       image_size: int | None = None) -> Batch:
     """``count`` fixed dataset states with their MC returns, from the held-out split
@@ -28,7 +27,7 @@ def calibration_batch(path: str | Path, obs_keys: list[str], gamma: float, rewar
     source = fallback
     if filter_key:
         try:
-            source, _ = load_replay(path, obs_keys, gamma, reward, filter_key, terminals, image_size)
+            source, _ = data.load_replay(obs_keys, gamma, reward, filter_key, terminals, image_size)
         except ValueError as error:
             log.info("calibration states from the training split (%s)", error)
     index = np.random.default_rng(seed).integers(0, len(source), size=min(count, len(source)))

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import sim
-from datasets.offline import load_replay
+from datasets.offline import DemoFile
 from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, is_image, sample_offline_online
 from datasets.returns import RewardConfig, episode_rewards_and_returns
 from perception.encoders import EncoderConfig
@@ -208,16 +208,17 @@ class Workspace:
                              f"{image_size or 'none (no images)'}: fine-tuning resizes offline frames to the "
                              f"policy's input size, set by env.kwargs.image_size; drop dataset.image_size")
         self.offline_path = str(offline_path if offline_path is not None else dataset_path(cfg.dataset))
-        self.offline, _ = load_replay(self.offline_path, self.obs_keys, gamma, self.reward, cfg.dataset.filter_key,
-                                      cfg.dataset.terminals, image_size, self.device)
-        if self.offline.obs_spec != self.obs_spec:
-            raise ValueError(f"offline data {self.offline_path} has observations {self.offline.obs_spec}, "
-                             f"the agent expects {self.obs_spec}")
+        with DemoFile(self.offline_path) as data:
+            self.offline, _ = data.load_replay(self.obs_keys, gamma, self.reward, cfg.dataset.filter_key,
+                                               cfg.dataset.terminals, image_size, self.device)
+            if self.offline.obs_spec != self.obs_spec:
+                raise ValueError(f"offline data {self.offline_path} has observations {self.offline.obs_spec}, "
+                                 f"the agent expects {self.obs_spec}")
+            self.calibration = calibration_batch(
+                data, self.obs_keys, gamma, self.reward, cfg.dataset.terminals, cfg.dataset.eval_filter_key,
+                cfg.calibration_states, cfg.seed + 1, self.offline, image_size)
         if new_agent:
             self.agent.set_lowdim_normalization(self.offline.lowdim_stats())
-        self.calibration = calibration_batch(
-            self.offline_path, self.obs_keys, gamma, self.reward, cfg.dataset.terminals, cfg.dataset.eval_filter_key,
-            cfg.calibration_states, cfg.seed + 1, self.offline, image_size)
 
     def _restore(self, resumed: dict[str, Any]) -> None:
         """Continue a killed run from its checkpoint: online data, counters, RNG, clock."""

@@ -22,9 +22,8 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import sim
-from datasets.offline import file_obs_spec, load_replay
+from datasets.offline import DemoFile
 from datasets.replay import ObsSpec, is_image
-from datasets.robomimic_hdf5 import read_env_args
 from policy.agent import loaded_obs_keys
 from policy.algorithms import check_config, make_agent, with_defaults
 from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
@@ -59,11 +58,12 @@ def dataset_path(dataset: DatasetConfig) -> Path:
     return path
 
 
-def env_for_dataset(path: Path, dataset: DatasetConfig, env: EnvConfig) -> dict[str, Any]:
-    """The kwargs of the evaluation env ``env.name`` for the file at ``path``: the settings of
-    the env the file was made in (its ``env_args``, robomimic's translated), the size its
-    frames are resized to, then ``env.kwargs``. A file made in another env is refused."""
-    env_args = read_env_args(path)
+def env_for_dataset(data: DemoFile, dataset: DatasetConfig, env: EnvConfig) -> dict[str, Any]:
+    """The kwargs of the evaluation env ``env.name`` for a file: the settings of the env the
+    file was made in (its ``env_args``, robomimic's translated), the size its frames are resized
+    to, then ``env.kwargs``. A file made in another env is refused."""
+    path = data.path
+    env_args = data.env_args()
     made_in, kwargs = sim.env_from_args(env_args, str(path))
     if made_in != env.name:
         described = f"env {made_in!r}" if env_args.get("env_name") == made_in else f"robosuite's {env_args.get('env_name')!r}"
@@ -122,24 +122,9 @@ class Workspace:
 
         path = dataset_path(cfg.dataset)
         self.dataset_path = path
-        # The file against the evaluation env, before the (long) load.
-        self.env_kwargs = env_for_dataset(path, cfg.dataset, cfg.env)
-        obs_keys, image_size = loaded_obs_keys(cfg.dataset.obs_keys, cfg.algo), cfg.dataset.image_size
-        probe = sim.make_env(cfg.env.name, **self.env_kwargs)  # spaces only: no rendering yet
-        check_obs_spec(file_obs_spec(path, obs_keys, image_size), probe.observation_space, cfg.env.name)
-        action_dim = probe.action_space.shape[0]
-        probe.close()
-
-        self.replay, stats = load_replay(path, obs_keys, cfg.algo.gamma, cfg.dataset.reward,
-                                         cfg.dataset.filter_key, cfg.dataset.terminals, image_size, self.device)
-        log.info("replay: %d transitions in %d episodes (%d successes), %.1f MB",
-                 len(self.replay), stats.episodes, stats.successes, self.replay.nbytes / 2**20)
-        if self.replay.action_dim != action_dim:
-            raise ValueError(f"action dimension mismatch: dataset {self.replay.action_dim}, env {cfg.env.name!r} {action_dim}")
-        self.calibration_batch = calibration_batch(
-            path, obs_keys, cfg.algo.gamma, cfg.dataset.reward, cfg.dataset.terminals,
-            cfg.dataset.eval_filter_key, cfg.calibration_states, cfg.seed + 1, self.replay, image_size)
-
+        with DemoFile(path) as data:
+            self._load_data(data)
+        action_dim = self.replay.action_dim
         self.agent = make_agent(cfg.algo, self.replay.obs_spec, action_dim, cfg.encoder, self.device)
         self.agent.set_lowdim_normalization(self.replay.lowdim_stats())
         self.step = 0
@@ -155,6 +140,26 @@ class Workspace:
         self.logger = MetricLogger(run_dir, resume_steps, purge_step=self.step + 1 if resumed else None)
         self.evaluator = Evaluator(cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+
+    def _load_data(self, data: DemoFile) -> None:
+        """The training replay and the calibration states, after the file was checked against
+        the evaluation env (before the long load)."""
+        cfg = self.cfg
+        self.env_kwargs = env_for_dataset(data, cfg.dataset, cfg.env)
+        obs_keys, image_size = loaded_obs_keys(cfg.dataset.obs_keys, cfg.algo), cfg.dataset.image_size
+        probe = sim.make_env(cfg.env.name, **self.env_kwargs)  # spaces only: no rendering yet
+        check_obs_spec(data.obs_spec(obs_keys, image_size), probe.observation_space, cfg.env.name)
+        action_dim = probe.action_space.shape[0]
+        probe.close()
+        self.replay, stats = data.load_replay(obs_keys, cfg.algo.gamma, cfg.dataset.reward, cfg.dataset.filter_key,
+                                              cfg.dataset.terminals, image_size, self.device)
+        log.info("replay: %d transitions in %d episodes (%d successes), %.1f MB",
+                 len(self.replay), stats.episodes, stats.successes, self.replay.nbytes / 2**20)
+        if self.replay.action_dim != action_dim:
+            raise ValueError(f"action dimension mismatch: dataset {self.replay.action_dim}, env {cfg.env.name!r} {action_dim}")
+        self.calibration_batch = calibration_batch(
+            data, obs_keys, cfg.algo.gamma, cfg.dataset.reward, cfg.dataset.terminals,
+            cfg.dataset.eval_filter_key, cfg.calibration_states, cfg.seed + 1, self.replay, image_size)
 
     def _check_same_run(self, saved: dict[str, Any]) -> None:
         current = OmegaConf.to_container(OmegaConf.structured(self.cfg), resolve=True)

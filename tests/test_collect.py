@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import sim
-from datasets.robomimic_hdf5 import Episode, demo_names, read_env_args, write_dataset
+from datasets.offline import DemoFile
+from datasets.robomimic_hdf5 import Episode, demo_names, write_dataset
 from sim.collect import CollectConfig, collect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,8 @@ def test_file_has_robomimic_schema(collected):
         assert f["data"].attrs["total"] == total
         train, valid = demo_names(f, "train"), demo_names(f, "valid")
         assert sorted(train + valid) == sorted(names) and len(valid) == 1 and not set(train) & set(valid)
-    env_args = read_env_args(collected)
+    with DemoFile(collected) as data:
+        env_args = data.env_args()
     assert env_args["env_name"] == "pickplace"
     assert env_args["env_kwargs"]["image_size"] == 48 and env_args["env_kwargs"]["horizon"] == 45
     env = sim.make_env(env_args["env_name"], **env_args["env_kwargs"])

@@ -16,9 +16,8 @@ import torch
 
 import sim
 from datasets.atomic import OutOfSpaceError
-from datasets.offline import iter_episodes, load_replay
+from datasets.offline import DemoFile, iter_episodes, load_replay
 from datasets.returns import RewardConfig
-from datasets.robomimic_hdf5 import read_env_args
 from policy.checkpoint import load_checkpoint, save_checkpoint
 from policy.run import prepare_run_dir, resolve_device, run_workspace
 
@@ -246,7 +245,7 @@ def test_unreadable_object_names_the_demo(tmp_path):
 def test_missing_env_args_is_found_before_the_replay_loads(tmp_path):
     path = _write(tmp_path / "no_env_args.hdf5", {"demo_0": _demo()}, env_args=False)
     with pytest.raises(ValueError, match="no 'env_args' attribute on the 'data' group"):
-        read_env_args(path)
+        DemoFile(path).env_args()
     result = _cli("policy.pretrain", "dataset=pickplace_lowdim", f"dataset.path={path}", "dataset.obs_keys=[robot0_eef_pos]",
                   f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2 and "no 'env_args' attribute" in result.stderr and "replay:" not in result.stdout + result.stderr

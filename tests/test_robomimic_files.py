@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import sim
-from datasets.offline import LoaderStats, file_obs_spec, iter_episodes, load_replay
+from datasets.offline import DemoFile, LoaderStats, file_obs_spec, iter_episodes, load_replay
 from datasets.returns import RewardConfig
 from datasets.frames import resize_frames
 from policy.calql import CalQLConfig
@@ -185,13 +185,14 @@ def test_controllers_other_than_osc_pose_are_refused():
 
 
 def test_evaluation_env_follows_the_file_and_the_overrides(lift_48, lift_84):
-    assert env_for_dataset(lift_48, DatasetConfig(), EnvConfig(name="lift"))["image_size"] == 48
-    resized = env_for_dataset(lift_84, DatasetConfig(image_size=48), EnvConfig(name="lift"))
-    assert resized["image_size"] == 48 and resized["cameras"] == list(CAMERAS)
-    overridden = env_for_dataset(lift_84, DatasetConfig(), EnvConfig(name="lift", kwargs={"image_size": None, "horizon": 7}))
-    assert overridden["image_size"] == 84 and overridden["horizon"] == 7
-    with pytest.raises(ValueError) as error:
-        env_for_dataset(lift_48, DatasetConfig(), EnvConfig(name="pickplace"))
+    with DemoFile(lift_48) as small, DemoFile(lift_84) as large:
+        assert env_for_dataset(small, DatasetConfig(), EnvConfig(name="lift"))["image_size"] == 48
+        resized = env_for_dataset(large, DatasetConfig(image_size=48), EnvConfig(name="lift"))
+        assert resized["image_size"] == 48 and resized["cameras"] == list(CAMERAS)
+        overridden = env_for_dataset(large, DatasetConfig(), EnvConfig(name="lift", kwargs={"image_size": None, "horizon": 7}))
+        assert overridden["image_size"] == 84 and overridden["horizon"] == 7
+        with pytest.raises(ValueError) as error:
+            env_for_dataset(small, DatasetConfig(), EnvConfig(name="pickplace"))
     assert str(error.value) == f"{lift_48} was made in robosuite's 'Lift', the evaluation env is 'pickplace': add env=lift"
 
 
