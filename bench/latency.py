@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +22,7 @@ import torch
 from perception.encoders import EncoderConfig
 from policy.algorithms import make_agent
 from policy.calql import CalQLConfig
-from policy.checkpoint import save_checkpoint
+from policy.checkpoint import agent_checkpoint, save_checkpoint
 from policy.export import export_policy
 
 DEFAULT_SPEC = {
@@ -37,10 +36,7 @@ def fresh_checkpoint(path: Path, image_size: int) -> None:
     spec = {k: dict(v) for k, v in DEFAULT_SPEC.items()}
     spec["agentview_image"]["shape"] = [image_size, image_size, 3]
     agent = make_agent(CalQLConfig(), spec, 4, EncoderConfig())
-    config = {"algo": asdict(CalQLConfig()), "encoder": asdict(EncoderConfig())}
-    save_checkpoint(path, {"algo": "calql", "config": config, "obs_spec": spec, "action_dim": 4,
-                           "env": {"name": "pickplace", "kwargs": {"image_size": image_size}},
-                           "agent": agent.training_state(), "step": 0})
+    save_checkpoint(path, agent_checkpoint(agent, spec, {"name": "pickplace", "kwargs": {"image_size": image_size}}))
 
 
 def percentiles_ms(run: Callable[[], object], iterations: int) -> tuple[float, float]:

@@ -52,13 +52,13 @@ def checkpoint_calibration(config: CalibrationConfig) -> dict[str, float | str |
     if config.states < 2:
         raise ValueError(f"states must be at least 2 (a correlation needs two), got {config.states}")
     checkpoint = load_checkpoint(config.checkpoint)
-    dataset = config.dataset_file or checkpoint.get("dataset")
+    dataset = config.dataset_file or checkpoint.dataset
     if not dataset:
         raise ValueError(f"{config.checkpoint} does not name the data it was trained on; give dataset_file=PATH")
     if not Path(dataset).is_file():
         raise FileNotFoundError(f"dataset file not found: {dataset}")
-    trained = checkpoint["config"]
-    obs_spec = checkpoint["obs_spec"]
+    trained = checkpoint.config
+    obs_spec = checkpoint.obs_spec
     image_size = next((spec["shape"][0] for spec in obs_spec.values() if is_image(spec)), None)
     gamma = float(trained["algo"]["gamma"])
     replay, stats = load_replay(dataset, sorted(obs_spec), gamma, RewardConfig(**trained["dataset"]["reward"]),

@@ -39,7 +39,7 @@ import sim
 from datasets.atomic import atomic_path, write_bytes_atomically
 from datasets.command_line import check_overrides, remove_empty_run_dir
 from datasets.replay import is_image
-from policy.checkpoint import load_checkpoint, restore_agent
+from policy.checkpoint import Checkpoint, load_checkpoint, restore_agent
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("torchscript", "torch_export", "onnx")
@@ -139,23 +139,25 @@ def example_inputs(obs_spec: dict, obs_keys: list[str], batch: int = 2) -> list[
     return inputs
 
 
-def build_metadata(checkpoint: dict[str, Any], checkpoint_path: Path, obs_keys: list[str]) -> dict[str, Any]:
-    env = checkpoint["env"]
-    spec = checkpoint["obs_spec"]
+def build_metadata(checkpoint: Checkpoint, checkpoint_path: Path, obs_keys: list[str]) -> dict[str, Any]:
+    env = checkpoint.env
+    spec = checkpoint.obs_spec
     action_meaning, default_hz = sim.task_facts(env["name"])
     control_hz = float(env["kwargs"].get("control_hz", default_hz))
     return {
         "obs_keys": obs_keys,
         "inputs": [{"key": k, "shape": ["B", *spec[k]["shape"]], "dtype": spec[k]["dtype"]} for k in obs_keys],
-        "action_dim": int(checkpoint["action_dim"]),
+        "action_dim": checkpoint.action_dim,
         "action_meaning": action_meaning,
         "action_range": [-1.0, 1.0],
         "control_hz": control_hz,
         "env": env,
-        "algo": checkpoint["algo"],
-        "step": int(checkpoint["step"]),
+        "algo": checkpoint.algo,
+        "stage": checkpoint.stage,
+        "updates": checkpoint.updates,
+        "env_steps": checkpoint.env_steps,
         "source_checkpoint": str(checkpoint_path.resolve()),
-        "config": checkpoint["config"],
+        "config": checkpoint.config,
     }
 
 
@@ -204,7 +206,7 @@ def export_policy(checkpoint_path: str | Path, out: str | Path, formats: tuple[s
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     agent = restore_agent(checkpoint).eval()
-    obs_spec = checkpoint["obs_spec"]
+    obs_spec = checkpoint.obs_spec
     obs_keys = agent.policy_obs_keys  # never the critic's privileged keys
     metadata = build_metadata(checkpoint, checkpoint_path, obs_keys)
     core = PolicyCore(agent, obs_keys).eval().requires_grad_(False)

@@ -19,7 +19,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import hydra
 import numpy as np
@@ -35,7 +34,7 @@ from datasets.returns import RewardConfig, episode_rewards_and_returns
 from perception.encoders import EncoderConfig
 from policy.agent import Agent, AlgoConfig, loaded_obs_keys
 from policy.algorithms import algo_config, check_config, lookup, make_agent
-from policy.checkpoint import load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint
+from policy.checkpoint import Checkpoint, load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint
 from policy.config import FinetuneConfig
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics, evaluate_policies
 from policy.logger import MetricLogger, MetricWindow
@@ -125,7 +124,7 @@ class Workspace:
         if cfg.actor_lr is not None and not cfg.actor_lr > 0:
             raise ValueError(f"actor_lr must be > 0, got {cfg.actor_lr}")
 
-    def _build_agent(self, source: dict[str, Any] | None, resuming: bool) -> str | None:
+    def _build_agent(self, source: Checkpoint | None, resuming: bool) -> str | None:
         """The agent from ``source`` (a checkpoint) or a new one, its env and observation spec,
         checked against the env; returns the offline data the checkpoint names (None: the
         dataset setting's)."""
@@ -134,15 +133,15 @@ class Workspace:
         if source is not None:
             self._check_no_algorithm_override(source, resuming)
             self.agent: Agent = restore_agent(source, self.device)
-            if cfg.env.name is not None and cfg.env.name != source["env"]["name"]:
+            if cfg.env.name is not None and cfg.env.name != source.env["name"]:
                 raise ValueError(f"env={cfg.env.name} cannot be combined with a checkpoint made for env "
-                                 f"{source['env']['name']!r}: fine-tuning runs in the checkpoint's env; change "
+                                 f"{source.env['name']!r}: fine-tuning runs in the checkpoint's env; change "
                                  f"its settings with env.kwargs.NAME=VALUE")
-            self.env_name = source["env"]["name"]
-            self.env_kwargs = {**source["env"]["kwargs"], **cfg.env.overrides()}
-            self.obs_spec, self.algo = source["obs_spec"], source["algo"]
-            offline_path = cfg.dataset.path or source.get("dataset")
-            self.pretrain_config = source["config"]
+            self.env_name = source.env["name"]
+            self.env_kwargs = {**source.env["kwargs"], **cfg.env.overrides()}
+            self.obs_spec, self.algo = source.obs_spec, source.algo
+            offline_path = cfg.dataset.path or source.dataset
+            self.pretrain_config = source.config
         else:
             cfg.algo = cfg.algo if cfg.algo is not None else lookup("sac").config()
             cfg.encoder = cfg.encoder if cfg.encoder is not None else EncoderConfig()
@@ -187,12 +186,12 @@ class Workspace:
         if cfg.compile:
             self.agent.compile_networks(cfg.cuda_graphs)
 
-    def _reward_config(self, source: dict[str, Any] | None) -> RewardConfig:
+    def _reward_config(self, source: Checkpoint | None) -> RewardConfig:
         """The reward transform of online episodes: the checkpoint's (the critic's values are in
         the units of the rewards it was trained on), else the dataset setting's."""
         reward = self.cfg.dataset.reward
-        if source is not None and "dataset" in source["config"]:
-            reward = RewardConfig(**source["config"]["dataset"]["reward"])
+        if source is not None and "dataset" in source.config:
+            reward = RewardConfig(**source.config["dataset"]["reward"])
             if reward != self.cfg.dataset.reward:
                 log.warning("rewards transformed as in the checkpoint (%s), not as in dataset.reward (%s)", reward, self.cfg.dataset.reward)
         return reward
@@ -220,24 +219,25 @@ class Workspace:
         if new_agent:
             self.agent.set_lowdim_normalization(self.offline.lowdim_stats())
 
-    def _restore(self, resumed: dict[str, Any]) -> None:
+    def _restore(self, resumed: Checkpoint) -> None:
         """Continue a killed run from its checkpoint: online data, counters, RNG, clock."""
-        self.online.load_state_dict(resumed["online_buffer"])
-        counters = resumed["counters"]
-        self.env_steps, self.updates = int(counters["env_steps"]), int(counters["updates"])
+        state = resumed.stage_state
+        self.online.load_state_dict(state["online_buffer"])
+        self.env_steps, self.updates = resumed.env_steps, resumed.updates
+        counters = state["counters"]
         self.episodes, self.faults = int(counters["episodes"]), int(counters["faults"])
         self.updates_due = float(counters.get("updates_due", 0.0))
-        self.window.load_state_dict(resumed.get("metric_window", {}))
-        self.eval_history = [list(row) for row in resumed["eval_history"]]
-        self.clock.continue_from(resumed.get("wall_seconds", 0.0))  # absent in older checkpoints
-        restore_rng_state(resumed["rng"], self.rng, self.sampler)
+        self.window.load_state_dict(state.get("metric_window", {}))
+        self.eval_history = [list(row) for row in state["eval_history"]]
+        self.clock.continue_from(resumed.wall_seconds)
+        restore_rng_state(resumed.rng, self.rng, self.sampler)
         log.info("resumed from env step %d (%d updates)", self.env_steps, self.updates)
         print(f"resumed from env step {self.env_steps}", flush=True)
 
-    def _check_no_algorithm_override(self, source: dict, resuming: bool) -> None:
+    def _check_no_algorithm_override(self, source: Checkpoint, resuming: bool) -> None:
         """A checkpoint brings its algorithm and encoder; ``algo``/``encoder`` given beside one
         would be silently ignored. On resume they may repeat the checkpoint's own values."""
-        saved = {"algo": algo_config(source["config"]["algo"]), "encoder": EncoderConfig(**source["config"]["encoder"])}
+        saved = {"algo": algo_config(source.config["algo"]), "encoder": EncoderConfig(**source.config["encoder"])}
         for group in ("algo", "encoder"):
             given = getattr(self.cfg, group)
             if given is not None and not (resuming and given == saved[group]):
@@ -250,24 +250,27 @@ class Workspace:
         config = {**(self.pretrain_config or {}),
                   "algo": dataclasses.asdict(self.agent.config), "encoder": dataclasses.asdict(self.agent.encoder.config)}
         config.setdefault("dataset", OmegaConf.to_container(OmegaConf.structured(self.cfg.dataset)))
-        save_checkpoint(self.run_dir / "checkpoint.pt", {
-            "algo": self.algo,
-            "config": config,
-            "finetune_config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
-            "obs_spec": self.obs_spec,
-            "action_dim": self.agent.action_dim,
-            "env": {"name": self.env_name, "kwargs": self.env_kwargs},
-            "dataset": self.offline_path,
-            "agent": self.agent.training_state(),
-            "step": self.updates,
-            "counters": {"env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes, "faults": self.faults,
-                         "updates_due": self.updates_due},
-            "metric_window": self.window.state_dict(),
-            "eval_history": self.eval_history,
-            "wall_seconds": self.clock.seconds(),
-            "online_buffer": self.online.state_dict(),
-            "rng": rng_state(self.rng, self.sampler),
-        })
+        save_checkpoint(self.run_dir / "checkpoint.pt", Checkpoint(
+            stage="finetune",
+            algo=self.algo,
+            config=config,
+            obs_spec=self.obs_spec,
+            action_dim=self.agent.action_dim,
+            env={"name": self.env_name, "kwargs": self.env_kwargs},
+            dataset=self.offline_path,
+            agent=self.agent.training_state(),
+            updates=self.updates,
+            env_steps=self.env_steps,
+            wall_seconds=self.clock.seconds(),
+            rng=rng_state(self.rng, self.sampler),
+            stage_state={
+                "counters": {"episodes": self.episodes, "faults": self.faults, "updates_due": self.updates_due},
+                "finetune_config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
+                "metric_window": self.window.state_dict(),
+                "eval_history": self.eval_history,
+                "online_buffer": self.online.state_dict(),
+            },
+        ))
 
     # ------------------------------------------------------------------------- evaluation
     def evaluate(self, before_training: bool = False) -> dict[str, float]:

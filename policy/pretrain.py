@@ -26,7 +26,7 @@ from datasets.offline import DemoFile
 from datasets.replay import ObsSpec, is_image
 from policy.agent import loaded_obs_keys
 from policy.algorithms import check_config, make_agent, with_defaults
-from policy.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from policy.checkpoint import Checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from policy.config import DatasetConfig, EnvConfig, PretrainConfig
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics, evaluate_policies
 from policy.logger import MetricLogger, MetricWindow
@@ -115,7 +115,7 @@ class Workspace:
         resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
         resumed = load_checkpoint(resume_path, self.device) if resume_path else None
         if resumed is not None:
-            self._check_same_run(resumed["config"])
+            self._check_same_run(resumed.config)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)  # replay batches, on the device
@@ -169,36 +169,39 @@ class Workspace:
             raise ValueError(f"resume=true: this command's {', '.join(differ)} differ from the run in {self.run_dir}; "
                              f"repeat its settings (they are in {self.run_dir / 'config.yaml'})")
 
-    def _restore(self, checkpoint: dict[str, Any]) -> None:
+    def _restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint: weights, optimisers, step, RNG, best-so-far."""
-        self.agent.load_training_state(checkpoint["agent"])
-        self.step = int(checkpoint["step"])
-        self.best_success = float(checkpoint["best_success"])
-        self.last_eval = dict(checkpoint["last_eval"])
-        self.clock.continue_from(checkpoint.get("wall_seconds", 0.0))  # absent in older checkpoints
-        restore_rng_state(checkpoint["rng"], self.rng, self.sampler)
+        self.agent.load_training_state(checkpoint.agent)
+        self.step = checkpoint.updates
+        self.best_success = float(checkpoint.stage_state["best_success"])
+        self.last_eval = dict(checkpoint.stage_state["last_eval"])
+        self.clock.continue_from(checkpoint.wall_seconds)
+        restore_rng_state(checkpoint.rng, self.rng, self.sampler)
         best = self.run_dir / "best.pt"
-        if best.is_file() and load_checkpoint(best)["step"] > self.step:
+        if best.is_file() and load_checkpoint(best).updates > self.step:
             # killed between writing best.pt and the checkpoint after it: that evaluation is redone
             best.unlink()
         log.info("resumed from step %d", self.step)
         print(f"resumed from step {self.step}", flush=True)
 
-    def checkpoint_payload(self) -> dict[str, Any]:
-        return {
-            "algo": self.cfg.algo.name,
-            "config": OmegaConf.to_container(OmegaConf.structured(self.cfg), resolve=True),
-            "obs_spec": self.replay.obs_spec,
-            "action_dim": self.agent.action_dim,
-            "env": {"name": self.cfg.env.name, "kwargs": self.env_kwargs},
-            "dataset": str(self.dataset_path),
-            "agent": self.agent.training_state(),
-            "step": self.step,
-            "best_success": self.best_success,
-            "last_eval": self.last_eval,
-            "wall_seconds": self.clock.seconds(),
-            "rng": rng_state(self.rng, self.sampler),
-        }
+    def checkpoint(self, best_eval: dict[str, float] | None = None) -> Checkpoint:
+        """This run now; ``best_eval``: for best.pt, the evaluation that made it the best."""
+        return Checkpoint(
+            stage="pretrain",
+            algo=self.cfg.algo.name,
+            config=OmegaConf.to_container(OmegaConf.structured(self.cfg), resolve=True),
+            obs_spec=self.replay.obs_spec,
+            action_dim=self.agent.action_dim,
+            env={"name": self.cfg.env.name, "kwargs": self.env_kwargs},
+            dataset=str(self.dataset_path),
+            agent=self.agent.training_state(),
+            updates=self.step,
+            env_steps=0,
+            wall_seconds=self.clock.seconds(),
+            rng=rng_state(self.rng, self.sampler),
+            stage_state={"best_success": self.best_success, "last_eval": self.last_eval},
+            eval=best_eval,
+        )
 
     def evaluate(self) -> dict[str, float]:
         self.agent.eval()
@@ -235,10 +238,10 @@ class Workspace:
                     if self.last_eval["success_rate"] > self.best_success:
                         # Offline RL's eval curve is not monotone: the best policy is kept apart.
                         self.best_success = self.last_eval["success_rate"]
-                        save_checkpoint(self.run_dir / "best.pt", {**self.checkpoint_payload(), "eval": self.last_eval})
+                        save_checkpoint(self.run_dir / "best.pt", self.checkpoint(best_eval=self.last_eval))
                 # a checkpoint after every evaluation too, so that best.pt is never ahead of it
                 if save:
-                    save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_payload())
+                    save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint())
         return {**self.last_eval, "wall_seconds": self.clock.seconds()}
 
     def close(self) -> None:

@@ -45,3 +45,14 @@ def trained(small_dataset, tmp_path_factory):
     finally:
         workspace.close()
     return run_dir / "checkpoint.pt"
+
+
+def tiny_checkpoint(updates: int, weights: "torch.Tensor") -> "Checkpoint":  # noqa: F821
+    """A valid checkpoint of no real agent, for tests of how checkpoints are written."""
+    from policy.checkpoint import Checkpoint
+
+    return Checkpoint(stage="pretrain", algo="calql", config={"algo": {}, "encoder": {}},
+                      obs_spec={"robot0_eef_pos": {"shape": [3], "dtype": "float32"}}, action_dim=4,
+                      env={"name": "pickplace", "kwargs": {}}, dataset=None,
+                      agent={"model": {"weights": weights}, "optimizers": {}, "num_updates": 0},
+                      updates=updates, env_steps=0, wall_seconds=0.0, rng={})

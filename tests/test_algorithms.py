@@ -14,7 +14,7 @@ from datasets.replay import Batch, obs_spec_of
 from perception.encoders import EncoderConfig
 from policy.algorithms import REGISTRY, algo_config, check_config, make_agent
 from policy.calql import CalQLConfig, CQLConfig
-from policy.checkpoint import save_checkpoint
+from policy.checkpoint import agent_checkpoint, save_checkpoint
 from policy.export import export_policy
 from policy.iql import IQLConfig, advantage_weights, expectile_loss, weighted_log_likelihood_loss
 from policy.td3bc import TD3BCConfig, td3bc_actor_loss
@@ -114,11 +114,7 @@ def test_agent_contract(name, tmp_path):
 
     # the exported module and ONNX model are the eager deterministic policy
     checkpoint = tmp_path / "checkpoint.pt"
-    save_checkpoint(checkpoint, {
-        "algo": name, "config": {"algo": dataclasses.asdict(config), "encoder": dataclasses.asdict(SMALL_ENCODER)},
-        "obs_spec": spec, "action_dim": 4, "env": {"name": "pickplace", "kwargs": {"image_size": 24}},
-        "agent": agent.training_state(), "step": agent.num_updates,
-    })
+    save_checkpoint(checkpoint, agent_checkpoint(agent, spec, {"name": "pickplace", "kwargs": {"image_size": 24}}))
     written = export_policy(checkpoint, tmp_path / "policy.pt", ("onnx",))
     policy = torch.jit.load(str(written["torchscript"]))
     exported = policy([torch.from_numpy(batch.obs[k]) for k in policy.obs_keys()]).numpy()

@@ -35,8 +35,8 @@ def test_pretrain_finetune_export(name, small_dataset, tmp_path):
          "env_steps=200", "eval_every=200", "checkpoint_every=200", "eval_episodes=1", "eval_workers=1", "num_envs=2",
          "batch_size=16", "log_every=20", "video=false", f"hydra.run.dir={finetuned}")
     checkpoint = load_checkpoint(finetuned / "checkpoint.pt")
-    assert checkpoint["algo"] == checkpoint["config"]["algo"]["name"] == name
-    assert checkpoint["counters"]["env_steps"] >= 200 and checkpoint["counters"]["updates"] == checkpoint["online_buffer"]["size"]
+    assert checkpoint.algo == checkpoint.config["algo"]["name"] == name
+    assert checkpoint.env_steps >= 200 and checkpoint.updates == checkpoint.stage_state["online_buffer"]["size"]
     with open(finetuned / "eval.csv") as f:
         first = next(csv.DictReader(f))
     assert int(first["step"]) == 0 and float(first["success_rate"]) in (0.0, 1.0)  # one episode: it succeeded or not
@@ -48,5 +48,5 @@ def test_pretrain_finetune_export(name, small_dataset, tmp_path):
     policy = torch.jit.load(str(exported))
     agent = restore_agent(checkpoint).eval()
     rng = np.random.default_rng(0)
-    obs = {k: rng.normal(size=(5, *checkpoint["obs_spec"][k]["shape"])).astype(np.float32) for k in policy.obs_keys()}
+    obs = {k: rng.normal(size=(5, *checkpoint.obs_spec[k]["shape"])).astype(np.float32) for k in policy.obs_keys()}
     np.testing.assert_allclose(policy([torch.from_numpy(obs[k]) for k in policy.obs_keys()]).numpy(), agent.act(obs), atol=1e-5)

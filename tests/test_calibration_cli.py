@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _expected_mc_mean(checkpoint: dict, dataset: Path, gamma: float, states: int, seed: int) -> float:
-    reward = RewardConfig(**checkpoint["config"]["dataset"]["reward"])
-    replay, _ = load_replay(dataset, sorted(checkpoint["obs_spec"]), gamma, reward, None,
-                            checkpoint["config"]["dataset"]["terminals"], 48)
+    reward = RewardConfig(**checkpoint.config["dataset"]["reward"])
+    replay, _ = load_replay(dataset, sorted(checkpoint.obs_spec), gamma, reward, None,
+                            checkpoint.config["dataset"]["terminals"], 48)
     index = np.random.default_rng(seed).integers(0, len(replay), size=states)
     return float(torch.as_tensor(replay.gather(index, gamma).mc_returns).mean())
 
@@ -30,14 +30,14 @@ def test_returns_follow_the_checkpoint_discount(trained, small_dataset, tmp_path
     checkpoint = load_checkpoint(trained)
     figures = checkpoint_calibration(CalibrationConfig(checkpoint=str(trained), dataset_file=str(small_dataset),
                                                        filter_key=None, states=64, seed=3))
-    assert figures["gamma"] == checkpoint["config"]["algo"]["gamma"] == 0.99
+    assert figures["gamma"] == checkpoint.config["algo"]["gamma"] == 0.99
     assert figures["mc_return"] == pytest.approx(_expected_mc_mean(checkpoint, small_dataset, 0.99, 64, 3), rel=1e-5)
     assert figures["q_policy_minus_mc"] == pytest.approx(figures["q_policy"] - figures["mc_return"], abs=1e-3)
 
     # the same weights trained at another discount: the returns change with it
-    checkpoint["config"]["algo"]["gamma"] = 0.5
+    checkpoint.config["algo"]["gamma"] = 0.5
     other = tmp_path / "gamma05.pt"
-    save_checkpoint(other, {key: value for key, value in checkpoint.items() if key != "format_version"})
+    save_checkpoint(other, checkpoint)
     halved = checkpoint_calibration(CalibrationConfig(checkpoint=str(other), dataset_file=str(small_dataset),
                                                       filter_key=None, states=64, seed=3))
     assert halved["mc_return"] == pytest.approx(_expected_mc_mean(checkpoint, small_dataset, 0.5, 64, 3), rel=1e-5)

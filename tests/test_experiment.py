@@ -62,7 +62,7 @@ def test_a_run_killed_after_pretraining_continues_without_redoing_it(small_datas
     assert process.poll() is None, "the run ended before it could be killed during fine-tuning"
     os.killpg(process.pid, signal.SIGKILL)  # the experiment and its sim workers, during fine-tuning
     process.wait()
-    killed_at = load_checkpoint(run_dir / "finetune" / "checkpoint.pt")["counters"]["env_steps"]
+    killed_at = load_checkpoint(run_dir / "finetune" / "checkpoint.pt").env_steps
     assert 0 < killed_at < 400 and not (run_dir / "result.json").exists()
     assert list(json.loads((run_dir / "experiment.json").read_text())["stages"]) == ["pretrain"]
     pretrained = {name: (run_dir / "pretrain" / name).read_bytes() for name in ("checkpoint.pt", "train.csv", "eval.csv")}

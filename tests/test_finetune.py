@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from datasets.returns import RewardConfig, episode_rewards_and_returns
 from policy import checkpoint as checkpoint_module
+from conftest import tiny_checkpoint
 from policy.checkpoint import load_checkpoint, save_checkpoint
 from policy.config import FinetuneConfig
 from policy.finetune import Workspace
@@ -57,15 +58,15 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
     assert len(videos) == 3 and all(v.stat().st_size > 1000 for v in videos)
     episodes = _rows(run_dir / "episodes.csv")
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-    counters = checkpoint["counters"]
-    assert counters["env_steps"] == 200 and counters["episodes"] == len(episodes) >= 4
+    assert checkpoint.stage == "finetune" and checkpoint.env_steps == 200
+    assert checkpoint.stage_state["counters"]["episodes"] == len(episodes) >= 4
     # one update per transition of every finished episode (UTD 1), all of them in the buffer
-    assert counters["updates"] == checkpoint["online_buffer"]["size"] == sum(int(r["length"]) for r in episodes)
-    assert checkpoint["algo"] == checkpoint["config"]["algo"]["name"] == "calql"  # Cal-QL stays calibrated
+    assert checkpoint.updates == checkpoint.stage_state["online_buffer"]["size"] == sum(int(r["length"]) for r in episodes)
+    assert checkpoint.algo == checkpoint.config["algo"]["name"] == "calql"  # Cal-QL stays calibrated
     recorded = OmegaConf.load(run_dir / "config.yaml")  # the run records what it trained
     assert recorded.algo.name == "calql" and recorded.algo.actor_bc_weight == 0.5 and recorded.algo.cql_num_actions == 2
     assert recorded.algo.policy_average_tau == 0.1
-    assert any(key.startswith("policy_average.") for key in checkpoint["agent"]["model"])
+    assert any(key.startswith("policy_average.") for key in checkpoint.agent["model"])
     # the actor's BC term, switched on from the command line
     train = _rows(run_dir / "train.csv")
     assert {"bound_rate", "bc_mse", "bc_share", "env_steps", "sim_seconds", "learn_seconds"} <= set(train[0])
@@ -74,7 +75,7 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
     # the same command again would overwrite this run: refused before any work
     again = _finetune(f"checkpoint={trained}", f"hydra.run.dir={run_dir}", "env_steps=200")
     assert again.returncode == 2 and "already holds a run (checkpoint.pt, train.csv, eval.csv, episodes.csv)" in again.stderr
-    assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["env_steps"] == 200
+    assert load_checkpoint(run_dir / "checkpoint.pt").env_steps == 200
 
 
 def test_offline_only_control_collects_but_never_trains_on_online_data(trained, small_dataset, tmp_path):
@@ -86,7 +87,7 @@ def test_offline_only_control_collects_but_never_trains_on_online_data(trained, 
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     episodes = _rows(run_dir / "episodes.csv")
     # the same schedule as with online data: episodes collected, one update per transition
-    assert checkpoint["counters"]["updates"] == checkpoint["online_buffer"]["size"] == sum(int(r["length"]) for r in episodes) > 0
+    assert checkpoint.updates == checkpoint.stage_state["online_buffer"]["size"] == sum(int(r["length"]) for r in episodes) > 0
     train = _rows(run_dir / "train.csv")
     assert train and all(float(row["online_share"]) == 0.0 for row in train)
     # no average: the evaluated policy is the trained weights, logged as such
@@ -100,8 +101,8 @@ def test_sac_from_scratch_runs_through_the_same_loop(tmp_path):
                        "algo=sac", "algo.hidden_dim=32", "encoder=conv", "encoder.channels=[8,8]", f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-    assert checkpoint["algo"] == "sac" and checkpoint["counters"]["updates"] > 0
-    assert checkpoint["config"]["algo"]["hidden_dim"] == 32 and checkpoint["config"]["encoder"]["channels"] == [8, 8]
+    assert checkpoint.algo == "sac" and checkpoint.updates > 0
+    assert checkpoint.config["algo"]["hidden_dim"] == 32 and checkpoint.config["encoder"]["channels"] == [8, 8]
 
 
 def test_from_scratch_without_algo_is_sac_and_says_so(tmp_path):
@@ -146,16 +147,17 @@ def test_resume_after_sigkill_collects_what_an_uninterrupted_run_does(trained, s
     os.killpg(process.pid, signal.SIGKILL)  # the trainer and its env workers, mid-run (mid-episode)
     process.wait()
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-    killed_at = checkpoint["counters"]["env_steps"]
+    killed_at = checkpoint.env_steps
     assert 0 < killed_at < 240
     # taken at an episode boundary: its counter is exactly the steps of the episodes it holds
-    assert checkpoint["online_buffer"]["size"] == killed_at
+    assert checkpoint.stage_state["online_buffer"]["size"] == killed_at
 
     result = _finetune(*args, f"hydra.run.dir={run_dir}", "resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from env step {killed_at}" in result.stdout
     final, reference = load_checkpoint(run_dir / "checkpoint.pt"), load_checkpoint(tmp_path / "whole" / "checkpoint.pt")
-    assert final["counters"] == reference["counters"]
+    assert (final.env_steps, final.updates, final.stage_state["counters"]) == (
+        reference.env_steps, reference.updates, reference.stage_state["counters"])
     # the same episodes, updates and evaluations as the run that was never killed
     for log in ("episodes.csv", "eval.csv", "train.csv"):
         assert _without_clock(_rows(run_dir / log)) == _without_clock(_rows(tmp_path / "whole" / log)), log
@@ -168,7 +170,7 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path):
 
 def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"step": 1, "weights": torch.ones(3)})
+    save_checkpoint(path, tiny_checkpoint(1, torch.ones(3)))
 
     def dying_save(obj, f):
         f.write(b"half a checkpoint")
@@ -176,16 +178,16 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
 
     monkeypatch.setattr(checkpoint_module.torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"step": 2, "weights": torch.zeros(3)})
+        save_checkpoint(path, tiny_checkpoint(2, torch.zeros(3)))
     monkeypatch.undo()
-    assert torch.load(path, weights_only=True)["step"] == 1
+    assert load_checkpoint(path).updates == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
 def test_online_episodes_get_mc_returns(trained, tmp_path):
     config = FinetuneConfig(checkpoint=str(trained), offline_data=False, env_steps=100)
     config.dataset.reward = RewardConfig(scale=2.0, bias=-3.0)  # the checkpoint's units win
-    pretrained = RewardConfig(**load_checkpoint(trained)["config"]["dataset"]["reward"])
+    pretrained = RewardConfig(**load_checkpoint(trained).config["dataset"]["reward"])
     workspace = Workspace(config, tmp_path)
     try:
         assert workspace.reward == pretrained

@@ -39,15 +39,15 @@ def test_cli_smoke_through_the_simulator(small_dataset, tmp_path):
     with open(run_dir / "train.csv") as f:
         train = list(csv.DictReader(f))
     assert len(train) == 3 and {"bound_rate", "cql_gap", "entropy", "critic_grad_norm"} <= set(train[0])
-    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert checkpoint["step"] == 6 and checkpoint["algo"] == "calql"
-    assert checkpoint["obs_spec"]["agentview_image"] == {"shape": [48, 48, 3], "dtype": "uint8"}
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # plain tensors and Python values
+    assert checkpoint["updates"] == 6 and checkpoint["env_steps"] == 0 and checkpoint["stage"] == "pretrain"
+    assert checkpoint["algo"] == "calql" and checkpoint["obs_spec"]["agentview_image"] == {"shape": [48, 48, 3], "dtype": "uint8"}
     assert checkpoint["config"]["algo"]["name"] == "calql" and checkpoint["env"]["name"] == "pickplace"
     assert {"critic", "actor"} <= set(checkpoint["agent"]["optimizers"]) and "torch" in checkpoint["rng"]
     best = load_checkpoint(run_dir / "best.pt")  # the first evaluation with the highest success rate
     best_rate = max(float(r["success_rate"]) for r in rows)
     first_best_step = next(int(r["step"]) for r in rows if float(r["success_rate"]) == best_rate)
-    assert best["step"] == first_best_step and best["eval"]["success_rate"] == best_rate
+    assert best.updates == first_best_step and best.eval["success_rate"] == best_rate
 
 
 def test_cli_cql_in_low_dimensional_mode(small_dataset, tmp_path):
@@ -56,8 +56,8 @@ def test_cli_cql_in_low_dimensional_mode(small_dataset, tmp_path):
                        f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-    assert checkpoint["algo"] == "cql" and checkpoint["config"]["algo"]["name"] == "cql"
-    assert set(checkpoint["obs_spec"]) == {"robot0_eef_pos", "robot0_gripper_qpos", "object"}
+    assert checkpoint.algo == "cql" and checkpoint.config["algo"]["name"] == "cql"
+    assert set(checkpoint.obs_spec) == {"robot0_eef_pos", "robot0_gripper_qpos", "object"}
     with open(run_dir / "train.csv") as f:
         columns = next(csv.reader(f))
     # CQL has no Monte-Carlo bound, but reports how many policy actions it would lift
@@ -151,7 +151,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(small_dataset, tmp_
     finally:
         workspace.close()
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+    assert load_checkpoint(tmp_path / "checkpoint.pt").updates == 2
 
 
 def test_missing_default_dataset_is_generated_first(tmp_path, monkeypatch):

@@ -1,7 +1,6 @@
 """The asymmetric critic: ``algo.privileged_keys`` are read by the critic only, never by the
 actor or the exported policy; ``algo.critic_reads_images=false`` leaves the camera to the actor."""
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import torch
 from datasets.replay import Batch, obs_spec_of
 from perception.encoders import EncoderConfig
 from policy.algorithms import REGISTRY, make_agent
-from policy.checkpoint import load_checkpoint, save_checkpoint
+from policy.checkpoint import agent_checkpoint, load_checkpoint, save_checkpoint
 from policy.export import export_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,11 +75,7 @@ def test_actor_never_reads_the_privileged_keys(name, critic_reads_images, tmp_pa
 
     # exported: the policy's inputs only, the same actions as the eager policy
     checkpoint = tmp_path / "checkpoint.pt"
-    save_checkpoint(checkpoint, {
-        "algo": name, "config": {"algo": dataclasses.asdict(config), "encoder": dataclasses.asdict(ENCODER)},
-        "obs_spec": spec, "action_dim": 4, "env": {"name": "pickplace", "kwargs": {"image_size": 24}},
-        "agent": agent.training_state(), "step": agent.num_updates,
-    })
+    save_checkpoint(checkpoint, agent_checkpoint(agent, spec, {"name": "pickplace", "kwargs": {"image_size": 24}}))
     written = export_policy(checkpoint, tmp_path / "policy.pt")
     policy = torch.jit.load(str(written["torchscript"]))
     assert policy.obs_keys() == ["agentview_image", "robot0_eef_pos"]
@@ -129,9 +124,9 @@ def test_cli_pretrains_an_asymmetric_critic_and_records_it(small_dataset, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     # loaded besides dataset.obs_keys, which stay the policy's
-    assert set(checkpoint["obs_spec"]) == {"agentview_image", "robot0_eef_pos", "robot0_gripper_qpos", "object"}
-    assert checkpoint["config"]["algo"]["privileged_keys"] == ["object"]
-    assert checkpoint["config"]["algo"]["critic_reads_images"] is False
+    assert set(checkpoint.obs_spec) == {"agentview_image", "robot0_eef_pos", "robot0_gripper_qpos", "object"}
+    assert checkpoint.config["algo"]["privileged_keys"] == ["object"]
+    assert checkpoint.config["algo"]["critic_reads_images"] is False
     assert "privileged_keys:\n  - object" in (run_dir / "config.yaml").read_text()
     written = export_policy(run_dir / "checkpoint.pt", tmp_path / "policy.pt")
     assert torch.jit.load(str(written["torchscript"])).obs_keys() == ["agentview_image", "robot0_eef_pos", "robot0_gripper_qpos"]

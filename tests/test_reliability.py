@@ -18,6 +18,7 @@ import sim
 from datasets.atomic import OutOfSpaceError
 from datasets.offline import DemoFile, iter_episodes, load_replay
 from datasets.returns import RewardConfig
+from conftest import tiny_checkpoint
 from policy.checkpoint import load_checkpoint, save_checkpoint
 from policy.run import prepare_run_dir, resolve_device, run_workspace
 
@@ -48,7 +49,7 @@ def test_pretraining_resumes_after_sigkill_and_logs_each_step_once(small_dataset
     time.sleep(0.5)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    killed_at = load_checkpoint(run_dir / "checkpoint.pt")["step"]
+    killed_at = load_checkpoint(run_dir / "checkpoint.pt").updates
     assert 0 < killed_at < 400 and max(_steps(run_dir / "train.csv")) >= killed_at
 
     refused = _cli("policy.pretrain", *args)  # the same command without resume=true
@@ -67,12 +68,12 @@ def test_pretraining_resumes_after_sigkill_and_logs_each_step_once(small_dataset
     assert _steps(run_dir / "eval.csv") == [200, 400]
     with open(run_dir / "eval.csv") as f:
         rates = [float(row["success_rate"]) for row in csv.DictReader(f)]
-    assert final["step"] == 400 and final["best_success"] == max(rates)
-    assert load_checkpoint(run_dir / "best.pt")["eval"]["success_rate"] == max(rates)
+    assert final.updates == 400 and final.stage_state["best_success"] == max(rates)
+    assert load_checkpoint(run_dir / "best.pt").eval["success_rate"] == max(rates)
 
     fresh = _cli("policy.pretrain", *args, "steps=2", "eval_every=2", "overwrite=true")
     assert fresh.returncode == 0, fresh.stderr[-3000:]
-    assert _steps(run_dir / "train.csv") == [1, 2] and load_checkpoint(run_dir / "checkpoint.pt")["step"] == 2
+    assert _steps(run_dir / "train.csv") == [1, 2] and load_checkpoint(run_dir / "checkpoint.pt").updates == 2
 
 
 def test_run_dir_rules(tmp_path):
@@ -103,7 +104,7 @@ def test_stale_temporaries_are_removed_by_the_next_writer(tmp_path):
     dead_pid = 2**22 + 12345  # above Linux's pid_max: no such process
     stale = tmp_path / f".checkpoint.pt.{dead_pid}.tmp"
     stale.write_bytes(b"half a checkpoint")
-    save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1})
+    save_checkpoint(tmp_path / "checkpoint.pt", tiny_checkpoint(1, torch.zeros(1)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
     from datasets.robomimic_hdf5 import Episode, write_dataset
@@ -143,14 +144,14 @@ def test_collect_on_a_full_disk_stops_cleanly(small_disk):
 
 def test_checkpoint_on_a_full_disk_keeps_the_previous_one(small_disk):
     path = small_disk / "checkpoint.pt"
-    save_checkpoint(path, {"step": 1, "weights": torch.zeros(10)})
+    save_checkpoint(path, tiny_checkpoint(1, torch.zeros(10)))
     with pytest.raises(OutOfSpaceError, match=f"no space left on device writing {path}"):
-        save_checkpoint(path, {"step": 2, "weights": torch.zeros(1_000_000)})  # 4 MB
+        save_checkpoint(path, tiny_checkpoint(2, torch.zeros(1_000_000)))  # 4 MB
     assert load_checkpoint_step(path) == 1 and sorted(p.name for p in small_disk.iterdir()) == ["checkpoint.pt"]
 
 
 def load_checkpoint_step(path: Path) -> int:
-    return torch.load(path, weights_only=True)["step"]
+    return load_checkpoint(path).updates
 
 
 def test_out_of_space_has_its_own_exit_status(tmp_path, capsys):

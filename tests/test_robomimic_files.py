@@ -239,11 +239,11 @@ def test_readme_command_pretrains_on_a_robomimic_file_in_the_matching_env(lift_4
                        "env.kwargs.horizon=5")
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-    assert checkpoint["env"] == {"name": "lift", "kwargs": {"cameras": list(CAMERAS), "image_size": 48, "controller": OSC_POSE_1_4,
+    assert checkpoint.env == {"name": "lift", "kwargs": {"cameras": list(CAMERAS), "image_size": 48, "controller": OSC_POSE_1_4,
                                                            "control_hz": 20.0, "horizon": 5}}
-    assert {key: spec["shape"] for key, spec in checkpoint["obs_spec"].items()} == {
+    assert {key: spec["shape"] for key, spec in checkpoint.obs_spec.items()} == {
         "agentview_image": [48, 48, 3], "robot0_eye_in_hand_image": [48, 48, 3], "robot0_eef_pos": [3], "robot0_gripper_qpos": [2]}
-    assert checkpoint["step"] == 2 and checkpoint["last_eval"]["success_rate"] in (0.0, 1.0)  # one episode
+    assert checkpoint.updates == 2 and checkpoint.stage_state["last_eval"]["success_rate"] in (0.0, 1.0)  # one episode
 
 
 def test_cli_image_size_mismatch_is_one_line_naming_the_fix(lift_84, tmp_path):
