@@ -93,7 +93,7 @@ class FinetuneConfig:
     # A checkpoint brings its env (kwargs override its settings); from scratch null is pickplace.
     env: EnvConfig = field(default_factory=lambda: EnvConfig(name=None))
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # offline data for mixed batches
-    offline_data: bool = True  # mix offline transitions into every batch
+    offline_data: bool = True  # the one switch for offline data in the batches (false: online data only)
     actor_bc_weight: Optional[float] = None  # the actor's BC term online; null: the checkpoint's
     actor_bc_source: Optional[str] = None  # all | offline: the rows the BC term imitates; null: the checkpoint's
     actor_lr: Optional[float] = None  # the actor's learning rate online; null: the checkpoint's

@@ -75,7 +75,7 @@ class Workspace:
         self.offline_path: str | None = None
         self.offline: ReplayBuffer | None = None
         self.calibration: Batch | None = None  # held-out offline states, as in pretraining
-        if cfg.offline_data and not (cfg.sampling == "mixed" and cfg.mixing_ratio == 0):
+        if cfg.offline_data:
             self._load_offline_data(offline_path, new_agent=source is None)
         capacity = cfg.env_steps + cfg.num_envs * 1000  # a kill may redo up to one episode per env
         self.online = ReplayBuffer(self.obs_spec, self.agent.action_dim, capacity, 2 * capacity, self.device)
@@ -119,6 +119,13 @@ class Workspace:
         if cfg.sampling == "offline" and not cfg.offline_data:
             raise ValueError("sampling=offline (the offline-only control) trains on the offline data only, but "
                              "offline_data=false; set offline_data=true or choose sampling=mixed|uniform")
+        # offline_data alone says whether offline data is used; mixing_ratio only sizes its share
+        if cfg.sampling == "mixed" and not cfg.offline_data:
+            raise ValueError("sampling=mixed draws mixing_ratio of every batch from the offline data, but "
+                             "offline_data=false; choose sampling=uniform for online data only")
+        if cfg.sampling == "mixed" and cfg.mixing_ratio == 0:
+            raise ValueError("sampling=mixed mixing_ratio=0 draws no offline rows; for online data only set "
+                             "offline_data=false (and sampling=uniform)")
         if not cfg.exploration_scale >= 0:
             raise ValueError(f"exploration_scale must be >= 0, got {cfg.exploration_scale}")
         if cfg.actor_lr is not None and not cfg.actor_lr > 0:

@@ -118,6 +118,8 @@ def test_from_scratch_without_algo_is_sac_and_says_so(tmp_path):
     ("encoder=resnet18", "error: encoder=... cannot be combined with a checkpoint, which brings its own (encoder 'conv')"),
     ("sampling=half", "error: unknown sampling mode 'half'; available: mixed, uniform, offline"),
     ("sampling=offline offline_data=false", "error: sampling=offline (the offline-only control) trains on the offline data only, but offline_data=false"),
+    ("sampling=mixed offline_data=false", "error: sampling=mixed draws mixing_ratio of every batch from the offline data, but offline_data=false"),
+    ("sampling=mixed mixing_ratio=0", "error: sampling=mixed mixing_ratio=0 draws no offline rows; for online data only set offline_data=false"),
     ("policy_average_tau=2", "error: policy_average_tau must be in [0, 1], got 2.0"),
     ("actor_bc_source=online", "error: actor_bc_source must be one of all, offline, got 'online'"),
     ("freeze_encoder=true checkpoint=null", "error: freeze_encoder=true keeps a pretrained encoder fixed, but this run trains from scratch"),
