@@ -55,6 +55,11 @@ class AlgoConfig:
     critic_reads_images: bool = True
 
 
+# The settings of a trained agent that fine-tuning may change (algo.NAME=VALUE beside a
+# checkpoint); the others shaped what the checkpoint's networks learned.
+ONLINE_SETTINGS = ("policy_average_tau", "actor_lr", "actor_bc_weight", "actor_bc_source")
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -210,6 +215,8 @@ class Agent(nn.Module):
         if not hasattr(self.config, name):
             raise ValueError(f"{name} is not a setting of algo {self.config.name!r}; drop it for this algorithm")
         before = getattr(self.config, name)
+        if isinstance(before, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # 0 on a command line is the float setting's 0.0
         setattr(self.config, name, value)
         try:
             self.check_settings(self.config)

@@ -86,23 +86,20 @@ for _name, _algorithm in REGISTRY.items():
 @dataclass
 class FinetuneConfig:
     checkpoint: Optional[str] = None  # pretrained checkpoint; null: train `algo` from scratch
-    # From scratch only (a checkpoint brings its own): null is SAC with the conv encoder. The
-    # run's config.yaml records the algorithm and encoder actually trained.
+    # From scratch: the algorithm (algo=NAME; SAC when not given) and its settings. With a
+    # checkpoint, which brings its algorithm: only its online settings (ONLINE_SETTINGS:
+    # algo.policy_average_tau, algo.actor_lr, algo.actor_bc_weight, algo.actor_bc_source; null
+    # keeps the checkpoint's value). configs/finetune.yaml sets algo.policy_average_tau=0.001:
+    # a moving average of the policy is evaluated and exported (about the last 1/tau updates;
+    # a new one starts from the pretrained policy; 0 turns it off), what keeps image
+    # fine-tuning with sampling=uniform from unlearning (docs/results/finetune_average).
+    # The run's config.yaml records the algorithm and encoder actually trained.
     algo: Any = None
     encoder: Optional[EncoderConfig] = None
     # A checkpoint brings its env (kwargs override its settings); from scratch null is pickplace.
     env: EnvConfig = field(default_factory=lambda: EnvConfig(name=None))
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # offline data for mixed batches
     offline_data: bool = True  # the one switch for offline data in the batches (false: online data only)
-    actor_bc_weight: Optional[float] = None  # the actor's BC term online; null: the checkpoint's
-    actor_bc_source: Optional[str] = None  # all | offline: the rows the BC term imitates; null: the checkpoint's
-    actor_lr: Optional[float] = None  # the actor's learning rate online; null: the checkpoint's
-    # Rate of the moving average of the policy that is evaluated and exported (algo's
-    # policy_average_tau; about the last 1/tau updates). The default 0.001 applies whatever the
-    # checkpoint had; null keeps the checkpoint's rate, 0 turns the average off. A new average
-    # starts from the pretrained policy. With sampling=uniform, what keeps image
-    # fine-tuning from unlearning (docs/results/finetune_average).
-    policy_average_tau: Optional[float] = 0.001
     # Exploration noise online relative to the policy's own (the SAC family's sampled standard
     # deviation, TD3+BC's Gaussian noise): 1 explores as trained, 0 acts deterministically.
     exploration_scale: float = 1.0

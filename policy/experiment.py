@@ -40,6 +40,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from datasets.atomic import write_bytes_atomically
 from policy import finetune, pretrain
+from policy.agent import ONLINE_SETTINGS
 from policy.algorithms import REGISTRY, check_config, lookup, with_defaults
 from policy.config import CONTROLS, EVAL_SEED_BASE, EVAL_SEED_STRIDE, ExperimentConfig, FinetuneConfig, PretrainConfig
 from policy.pretrain import PROJECT_ROOT
@@ -55,8 +56,7 @@ STATE, RESULT = "experiment.json", "result.json"
 # Stage settings the experiment itself gives; a protocol setting one of them is refused.
 EXPERIMENT_KEYS = ("algo", "checkpoint", "seed", "eval_seed", "device", "threads", "resume", "overwrite")
 # What the fine-tuning stage ran with, recorded in result.json beside the figures.
-FINETUNE_SETTINGS = ("env_steps", "utd", "sampling", "mixing_ratio", "num_envs", "batch_size", "offline_data",
-                     "actor_bc_weight", "actor_bc_source", "actor_lr", "freeze_encoder")
+FINETUNE_SETTINGS = ("env_steps", "utd", "sampling", "mixing_ratio", "num_envs", "batch_size", "offline_data", "freeze_encoder")
 
 
 class RunFailed(Exception):
@@ -108,11 +108,12 @@ def stage_overrides(cfg: ExperimentConfig, stage: str, run_dir: Path, threads: i
     if reserved:
         raise ValueError(f"protocol {protocol.name!r} sets {', '.join(reserved)} for the {stage} stage: the experiment "
                          f"sets those itself (algo=, seed=, device=, threads= on its command line)")
-    brought = sorted(key for key in settings if stage == "finetune" and key.split(".")[0] in ("algo", "encoder"))
+    brought = sorted(key for key in settings if stage == "finetune" and key.split(".")[0] in ("algo", "encoder")
+                     and key.removeprefix("algo.") not in ONLINE_SETTINGS)
     if brought:
         raise ValueError(f"protocol {protocol.name!r} sets {', '.join(brought)} for the finetune stage, which continues "
-                         f"the pretrained checkpoint with its algorithm and encoder: set them for pretrain (online "
-                         f"options such as actor_bc_weight are top-level keys of finetune)")
+                         f"the pretrained checkpoint with its algorithm and encoder: set them for pretrain (fine-tuning "
+                         f"may change algo.{', algo.'.join(ONLINE_SETTINGS)})")
     given = {"algo": cfg.algo.name} if stage == "pretrain" else {"checkpoint": str(run_dir / "pretrain" / "checkpoint.pt")}
     given.update(seed=cfg.seed, eval_seed=EVAL_SEED_BASE + EVAL_SEED_STRIDE * cfg.seed, device=cfg.device, threads=threads)
     # the algorithm's settings from the experiment's command line, over the protocol's
@@ -132,6 +133,8 @@ def changed_fields(algo: dict[str, Any]) -> dict[str, Any]:
 def compose_stage(stage: str, overrides: list[str], protocol: str) -> PretrainConfig | FinetuneConfig:
     """The stage's config as its entry point would compose it from these overrides."""
     try:
+        if stage == "finetune":
+            overrides = finetune.online_setting_overrides(overrides)
         return OmegaConf.to_object(hydra.compose(config_name=stage, overrides=overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         reason = " ".join(str(error).split())
@@ -260,7 +263,8 @@ def write_result(run_dir: Path, state: dict[str, Any], configs: dict[str, Any]) 
         "wall_seconds": {**wall, "total": sum(wall.values())},
         "pretrain_updates": configs["pretrain"].steps,
         "obs_keys": list(configs["pretrain"].dataset.obs_keys),
-        "finetune": {key: trained[key] for key in FINETUNE_SETTINGS},
+        "finetune": {**{key: trained[key] for key in FINETUNE_SETTINGS},
+                     **{f"algo.{key}": trained["algo"].get(key) for key in ONLINE_SETTINGS}},
         "deviations": deviations(asdict(configs["pretrain"].algo), trained["algo"]),
         "commands": state["commands"],
         "commit": distinct([stages[stage]["commit"] for stage in STAGES]),

@@ -32,8 +32,8 @@ from datasets.offline import DemoFile
 from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, is_image, sample_offline_online
 from datasets.returns import RewardConfig, episode_rewards_and_returns
 from perception.encoders import EncoderConfig
-from policy.agent import Agent, AlgoConfig, loaded_obs_keys
-from policy.algorithms import algo_config, check_config, lookup, make_agent
+from policy.agent import ONLINE_SETTINGS, Agent, AlgoConfig, loaded_obs_keys
+from policy.algorithms import algo_config, check_config, make_agent
 from policy.checkpoint import Checkpoint, load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint
 from policy.config import FinetuneConfig
 from policy.evaluation import Evaluator, calibration_batch, calibration_metrics, evaluate_policies
@@ -108,9 +108,6 @@ class Workspace:
             raise ValueError(f"mixing_ratio must be in [0, 1], got {cfg.mixing_ratio}")
         if cfg.utd <= 0:
             raise ValueError(f"utd must be positive, got {cfg.utd}")
-        if cfg.algo is not None and not isinstance(cfg.algo, AlgoConfig):
-            raise ValueError("algo.* settings without an algorithm: choose it with algo=NAME beside them (e.g. "
-                             "algo=sac algo.tau=0.01); a checkpoint brings its own")
         if cfg.checkpoint is None:  # from scratch, the observations are dataset.obs_keys
             cfg.dataset.check()
         if cfg.freeze_encoder and cfg.checkpoint is None:
@@ -128,8 +125,6 @@ class Workspace:
                              "offline_data=false (and sampling=uniform)")
         if not cfg.exploration_scale >= 0:
             raise ValueError(f"exploration_scale must be >= 0, got {cfg.exploration_scale}")
-        if cfg.actor_lr is not None and not cfg.actor_lr > 0:
-            raise ValueError(f"actor_lr must be > 0, got {cfg.actor_lr}")
 
     def _build_agent(self, source: Checkpoint | None, resuming: bool) -> str | None:
         """The agent from ``source`` (a checkpoint) or a new one, its env and observation spec,
@@ -150,7 +145,8 @@ class Workspace:
             offline_path = cfg.dataset.path or source.dataset
             self.pretrain_config = source.config
         else:
-            cfg.algo = cfg.algo if cfg.algo is not None else lookup("sac").config()
+            if not isinstance(cfg.algo, AlgoConfig):  # no algo=NAME: SAC, with the algo.* settings given
+                cfg.algo = algo_config({"name": "sac", **(cfg.algo or {})})
             cfg.encoder = cfg.encoder if cfg.encoder is not None else EncoderConfig()
             check_config(cfg.algo)
             self.env_name, self.env_kwargs = cfg.env.name or "pickplace", cfg.env.overrides()
@@ -178,14 +174,20 @@ class Workspace:
         """Fine-tuning's own settings on the agent: the online values of algorithm settings,
         the actor's learning rate, a frozen encoder, exploration, speed options."""
         cfg = self.cfg
-        for option in ("actor_bc_weight", "actor_bc_source", "policy_average_tau"):
-            if getattr(cfg, option) is not None:
-                try:
-                    self.agent.change_setting(option, getattr(cfg, option))
-                except ValueError as error:  # named as this command line spells it
-                    raise ValueError(str(error).replace(f"algo.{option}", option)) from None
-        if cfg.actor_lr is not None:
-            self.agent.set_actor_lr(cfg.actor_lr)
+        online = cfg.algo if isinstance(cfg.algo, dict) else {}  # beside a checkpoint: its online settings
+        changed = sorted(name for name in online if name not in ONLINE_SETTINGS)
+        if changed:
+            raise ValueError(f"algo.{changed[0]} cannot change online: the checkpoint's critic and actor were trained "
+                             f"with it; fine-tuning may change algo.{', algo.'.join(ONLINE_SETTINGS)}")
+        for name, value in online.items():
+            if value is None:  # the checkpoint's
+                continue
+            if name == "actor_lr":
+                if not value > 0:
+                    raise ValueError(f"algo.actor_lr must be > 0, got {value}")
+                self.agent.set_actor_lr(float(value))
+            else:
+                self.agent.change_setting(name, value)
         if cfg.freeze_encoder:
             self.agent.freeze_encoders()
         self.agent.exploration_scale = cfg.exploration_scale
@@ -247,10 +249,12 @@ class Workspace:
         saved = {"algo": algo_config(source.config["algo"]), "encoder": EncoderConfig(**source.config["encoder"])}
         for group in ("algo", "encoder"):
             given = getattr(self.cfg, group)
+            if isinstance(given, dict):  # algo.* online settings, applied to the checkpoint's algorithm
+                continue
             if given is not None and not (resuming and given == saved[group]):
                 raise ValueError(f"{group}=... cannot be combined with a checkpoint, which brings its own "
                                  f"({group} {getattr(saved[group], 'name', '')!r}); drop the {group} override "
-                                 f"(online options such as actor_bc_weight, utd and mixing_ratio are top-level keys)")
+                                 f"(its online settings are algo.{', algo.'.join(ONLINE_SETTINGS)})")
 
     # ------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -472,6 +476,16 @@ def main(cfg) -> None:
           f"simulation {final['sim_seconds']:.0f} s, learning {final['learn_seconds']:.0f} s")
 
 
+def online_setting_overrides(overrides: list[str]) -> list[str]:
+    """Without ``algo=NAME`` the ``algo`` mapping holds only the settings given (a checkpoint
+    brings its algorithm; from scratch it is SAC's), so ``algo.KEY=VALUE`` is written
+    ``++algo.KEY=VALUE`` for hydra to add it; which keys may be given is checked by the run."""
+    if any(arg.partition("=")[0] in ("algo", "algo.name") for arg in overrides):
+        return overrides
+    return [f"++{arg}" if arg.startswith("algo.") and "=" in arg else arg for arg in overrides]
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = online_setting_overrides(sys.argv[1:])
     check_command_line(sys.argv[1:], "finetune")
     main()

@@ -217,6 +217,7 @@ def check_command_line(argv: list[str], config_name: str) -> None:
     algorithm, a run (or sweep) directory that cannot be written (hydra would fail on it with a
     traceback), and overrides that do not compose (datasets/command_line.py)."""
     reject_unknown_algorithm(argv)
+    reject_algorithm_settings_at_top_level(argv)
     for arg in argv:
         key, assigned, value = arg.partition("=")
         if assigned and key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and "${" not in value:
@@ -230,6 +231,18 @@ def check_command_line(argv: list[str], config_name: str) -> None:
                 print(f"error: {error}", file=sys.stderr)
                 sys.exit(2)
     check_overrides(argv, CONFIG_DIR, config_name)
+
+
+def reject_algorithm_settings_at_top_level(argv: list[str]) -> None:
+    """An algorithm's setting written without its ``algo.`` (``policy_average_tau=0``): one line
+    naming the key to write, and exit 2."""
+    from policy.agent import ONLINE_SETTINGS
+
+    for arg in argv:
+        key, assigned, value = arg.partition("=")
+        if assigned and key.lstrip("+") in ONLINE_SETTINGS:
+            print(f"error: {key.lstrip('+')} is a setting of the algorithm: write algo.{key.lstrip('+')}={value}", file=sys.stderr)
+            sys.exit(2)
 
 
 def reject_unknown_algorithm(argv: list[str]) -> None:

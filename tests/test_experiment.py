@@ -167,7 +167,7 @@ def test_a_sweep_of_two_runs_through_submitit_local(small_dataset, tmp_path):
 
 def test_every_protocol_composes_both_stages_for_every_algorithm(tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        for protocol in ("lowdim", "image_cpu", "paper"):
+        for protocol in ("lowdim", "image_cpu", "paper", "image_state_critic"):
             for algo in sorted(REGISTRY):
                 config = OmegaConf.to_object(compose("experiment", [f"protocol={protocol}", f"algo={algo}"]))
                 stages = {stage: compose_stage(stage, stage_overrides(config, stage, tmp_path, 1), protocol) for stage in STAGES}
@@ -175,12 +175,18 @@ def test_every_protocol_composes_both_stages_for_every_algorithm(tmp_path):
                 # AWAC and IQL fine-tune on one buffer, as in their papers; the others mix
                 reference = protocol != "image_cpu"  # image_cpu takes fine-tuning's defaults for images
                 assert stages["finetune"].sampling == ("uniform" if algo in ("awac", "iql") or not reference else "mixed")
-                assert stages["finetune"].policy_average_tau == (0.0 if reference else 0.001)
+                assert stages["finetune"].algo == {"policy_average_tau": 0.0 if reference else 0.001}
                 if protocol == "lowdim":  # reference values: no preset deviation
                     assert stages["pretrain"].algo == REGISTRY[algo].config()
                     assert stages["pretrain"].dataset.obs_keys == ["robot0_eef_pos", "robot0_gripper_qpos", "object"]
                 if protocol == "image_cpu" and algo in ("calql", "cql"):  # the CPU preset's, named in the protocol
                     assert stages["pretrain"].algo.actor_bc_weight == 0.4 and stages["pretrain"].algo.bc_steps == 2000
+                if protocol == "image_state_critic":  # the state critic where the actor can have its own encoder
+                    pretrain = stages["pretrain"]
+                    assert (pretrain.algo.gamma, pretrain.algo.tau, pretrain.dataset.reward.bias) == (0.95, 0.02, -5.0)
+                    asymmetric = algo in ("calql", "cql", "sac")
+                    assert pretrain.algo.privileged_keys == (["object"] if asymmetric else [])
+                    assert pretrain.algo.critic_reads_images is not asymmetric
 
 
 def test_the_offline_only_control_is_the_same_run_without_online_data(tmp_path):

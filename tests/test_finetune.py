@@ -38,7 +38,7 @@ def _rows(path: Path) -> list[dict]:
 def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path):
     run_dir = tmp_path / "run"
     result = _finetune(f"checkpoint={trained}", "env_steps=200", "eval_every=100", "checkpoint_every=100",
-                       "actor_bc_weight=0.5", "policy_average_tau=0.1",
+                       "algo.actor_bc_weight=0.5", "algo.policy_average_tau=0.1",
                        f"dataset.path={small_dataset}", f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     evals = _rows(run_dir / "eval.csv")
@@ -81,7 +81,7 @@ def test_cli_smoke_from_a_pretrained_checkpoint(trained, small_dataset, tmp_path
 def test_offline_only_control_collects_but_never_trains_on_online_data(trained, small_dataset, tmp_path):
     run_dir = tmp_path / "run"
     result = _finetune(f"checkpoint={trained}", "env_steps=100", "eval_every=100", "checkpoint_every=100", "video=false",
-                       "sampling=offline", "policy_average_tau=0", f"dataset.path={small_dataset}",
+                       "sampling=offline", "algo.policy_average_tau=0", f"dataset.path={small_dataset}",
                        f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
@@ -120,8 +120,12 @@ def test_from_scratch_without_algo_is_sac_and_says_so(tmp_path):
     ("sampling=offline offline_data=false", "error: sampling=offline (the offline-only control) trains on the offline data only, but offline_data=false"),
     ("sampling=mixed offline_data=false", "error: sampling=mixed draws mixing_ratio of every batch from the offline data, but offline_data=false"),
     ("sampling=mixed mixing_ratio=0", "error: sampling=mixed mixing_ratio=0 draws no offline rows; for online data only set offline_data=false"),
-    ("policy_average_tau=2", "error: policy_average_tau must be in [0, 1], got 2.0"),
-    ("actor_bc_source=online", "error: actor_bc_source must be one of all, offline, got 'online'"),
+    ("algo.policy_average_tau=2", "error: algo.policy_average_tau must be in [0, 1], got 2.0"),
+    ("algo.actor_bc_source=online", "error: algo.actor_bc_source must be one of all, offline, got 'online'"),
+    ("algo.actor_lr=0", "error: algo.actor_lr must be > 0, got 0"),
+    ("algo.gamma=0.9", "error: algo.gamma cannot change online: the checkpoint's critic and actor were trained with it; "
+                       "fine-tuning may change algo.policy_average_tau, algo.actor_lr, algo.actor_bc_weight, algo.actor_bc_source"),
+    ("policy_average_tau=0", "error: policy_average_tau is a setting of the algorithm: write algo.policy_average_tau=0"),
     ("freeze_encoder=true checkpoint=null", "error: freeze_encoder=true keeps a pretrained encoder fixed, but this run trains from scratch"),
 ])
 def test_overrides_a_checkpoint_would_ignore_are_refused(trained, tmp_path, override, message):

@@ -338,7 +338,7 @@ def test_names_that_become_paths_are_checked(tmp_path):
     ("policy.experiment", ["+control=foo"], "error: unknown control 'foo'; available: none, offline_only"),
     ("policy.experiment", ["+seed=3"], "error: Could not append to config. An item is already at 'seed'"),
     ("policy.experiment", ["+foo=bar"], "error: unknown setting 'foo': ExperimentConfig has no field 'foo'"),
-    ("policy.finetune", ["+algo.tau=3"], "error: algo.* settings without an algorithm: choose it with algo=NAME"),
+    ("policy.finetune", ["algo.tau=3"], "error: algo.tau must be in (0, 1], got 3"),  # SAC from scratch
     ("policy.pretrain", ["algo.tau=0"], "error: algo.tau must be in (0, 1], got 0.0"),
     ("policy.pretrain", ["dataset.obs_keys=[]"], "error: dataset.obs_keys is empty"),
     ("policy.finetune", ["checkpoint=."], "error: . is a directory, not a checkpoint file"),
@@ -379,5 +379,5 @@ def test_an_env_left_open_exits_without_egl_noise():
 
 
 def test_finetune_names_its_own_settings_in_refusals(trained, tmp_path):
-    result = _cli("policy.finetune", f"checkpoint={trained}", "policy_average_tau=-0.1", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode == 2 and "error: policy_average_tau must be in [0, 1], got -0.1" in result.stderr
+    result = _cli("policy.finetune", f"checkpoint={trained}", "algo.policy_average_tau=-0.1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "error: algo.policy_average_tau must be in [0, 1], got -0.1" in result.stderr
