@@ -141,7 +141,7 @@ def test_unknown_algorithm_or_protocol_is_one_line_before_hydra(tmp_path):
     assert algorithm.returncode == 2 and algorithm.stderr.strip().startswith("error: unknown algorithm 'nope'; registered:")
     protocol = _experiment("protocol=nope", f"hydra.run.dir={tmp_path}")
     assert protocol.returncode == 2
-    assert protocol.stderr.strip() == "error: unknown protocol 'nope'; available: image_cpu, lowdim, paper"
+    assert protocol.stderr.strip() == "error: unknown protocol 'nope'; available: image_cpu, image_state_critic, lowdim, paper"
     assert not any(tmp_path.iterdir())
 
 
