@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import random
 import zipfile
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -97,8 +97,6 @@ class Checkpoint:
 def agent_checkpoint(agent, obs_spec: ObsSpec, env: dict[str, Any]) -> Checkpoint:
     """A checkpoint of an agent made outside a training run (benchmarks, tools): its algorithm
     and encoder settings, no data, counters at its own update count."""
-    from dataclasses import asdict
-
     return Checkpoint(stage="pretrain", algo=agent.config.name,
                       config={"algo": asdict(agent.config), "encoder": asdict(agent.encoder.config)},
                       obs_spec=obs_spec, action_dim=agent.action_dim, env=env, dataset=None,
