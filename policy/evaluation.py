@@ -4,7 +4,7 @@ calibration picture (the critic's Q against Monte-Carlo returns on fixed states)
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -78,8 +78,10 @@ class Evaluator:
         self.seed = seed
         self._envs = None
 
-    def run(self, policy: Callable[[dict[str, np.ndarray]], np.ndarray], episodes: int) -> dict[str, float]:
-        """Success rate, mean return and mean length over ``episodes`` seeded episodes."""
+    def run(self, policy: Callable[[dict[str, np.ndarray]], np.ndarray], episodes: int,
+            per_episode: bool = False) -> dict[str, Any]:
+        """Success rate, mean return and mean length over ``episodes`` seeded episodes (and with
+        ``per_episode`` each episode's success, in seed order, as ``successes``)."""
         if self._envs is None:
             self._envs = sim.make_vector_env(self.env_name, self.workers, **self.env_kwargs)
         successes, returns, lengths = [], [], []
@@ -100,11 +102,14 @@ class Evaluator:
             successes += list(success[:count])
             returns += list(episode_return[:count])
             lengths += list(episode_length[:count])
-        return {
+        metrics: dict[str, Any] = {
             "success_rate": float(np.mean(successes)),
             "return": float(np.mean(returns)),
             "episode_length": float(np.mean(lengths)),
         }
+        if per_episode:
+            metrics["successes"] = [bool(success) for success in successes]
+        return metrics
 
     def close(self) -> None:
         if self._envs is not None:
