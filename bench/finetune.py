@@ -73,7 +73,7 @@ def main() -> None:
     sim, learn = result["sim_seconds"], result["learn_seconds"]
     speed = [option for option, on in (("compiled", args.compile), ("CUDA graphs", args.cuda_graphs),
                                         ("bf16 encoder", args.encoder_bf16)) if on]
-    print(f"{workspace.algo} on {name} ({torch.get_num_threads()} threads), {config.num_envs} sim workers rendering with {workspace.renderer}, "
+    print(f"{workspace.algo} on {name} ({torch.get_num_threads()} threads), {config.num_envs} sim workers rendering with {workspace.session.renderer}, "
           f"UTD {args.utd}, batch {args.batch_size}{''.join(', ' + option for option in speed)}; "
           f"warm-up {workspace.env_steps - steps} env steps in {warmup:.1f} s")
     print(f"{steps} env steps, {updates} updates in {wall:.1f} s: {steps / wall:.1f} env steps/s, {updates / wall:.1f} updates/s; "

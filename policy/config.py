@@ -7,7 +7,9 @@ is type-checked and a field of another algorithm is rejected.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -16,6 +18,8 @@ from omegaconf import MISSING, OmegaConf
 from datasets.returns import RewardConfig
 from perception.encoders import EncoderConfig
 from policy.algorithms import REGISTRY
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +41,23 @@ class DatasetConfig:
             raise ValueError("dataset.obs_keys is empty: name the observations the policy reads, e.g. "
                              "dataset.obs_keys=[agentview_image,robot0_eef_pos,robot0_gripper_qpos]")
 
+    def file(self) -> Path:
+        """The dataset file: ``path``, or the default file of ``name``, collected on first use."""
+        from sim.collect import DEFAULT_DATASETS, CollectConfig, collect
+
+        if self.path:
+            path = Path(self.path).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"dataset file not found: {path}")
+            return path
+        if self.name not in DEFAULT_DATASETS:
+            raise ValueError(f"dataset {self.name!r} has no default file; set dataset.path")
+        path = DEFAULT_DATASETS[self.name]
+        if not path.is_file():
+            log.info("default dataset %s is missing: generating it", path)
+            collect(CollectConfig(task=self.name))
+        return path
+
 
 @dataclass
 class EnvConfig:
@@ -51,7 +72,22 @@ class EnvConfig:
 
 
 @dataclass
-class PretrainConfig:
+class RunConfig:
+    """A training run's machine, randomness and directory: the same settings in every training
+    entry point, set up by ``policy.session.RunSession``."""
+
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    threads: int = 0  # torch CPU threads; 0: one per core
+    compile: bool = False  # the networks through torch.compile (a minute or more of compiling first)
+    cuda_graphs: bool = False  # with compile on CUDA: the compiled networks replay as CUDA graphs
+    encoder_bf16: bool = False  # image trunks under bfloat16 autocast (CUDA; CPUs with AVX512-BF16 or AMX)
+    resume: bool = False  # continue the run in the run directory from its checkpoint.pt
+    overwrite: bool = False  # start over in a run directory that already holds a run (deletes it)
+
+
+@dataclass
+class PretrainConfig(RunConfig):
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     algo: Any = MISSING  # one of the registered algorithms' configs (configs/algo)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -68,14 +104,6 @@ class PretrainConfig:
     calibration_states: int = 1024
     log_every: int = 100
     checkpoint_every: int = 2000
-    seed: int = 0
-    device: str = "auto"  # auto: CUDA when present, else CPU
-    threads: int = 0  # torch CPU threads; 0: one per core
-    compile: bool = False  # the networks through torch.compile (a minute or more of compiling first)
-    cuda_graphs: bool = False  # with compile on CUDA: the compiled networks replay as CUDA graphs
-    encoder_bf16: bool = False  # image trunks under bfloat16 autocast (CUDA; CPUs with AVX512-BF16 or AMX)
-    resume: bool = False  # continue the run in the run directory from its checkpoint.pt
-    overwrite: bool = False  # start over in a run directory that already holds a run (deletes it)
 
 
 ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)
@@ -84,7 +112,7 @@ for _name, _algorithm in REGISTRY.items():
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     checkpoint: Optional[str] = None  # pretrained checkpoint; null: train `algo` from scratch
     # From scratch: the algorithm (algo=NAME; SAC when not given) and its settings. With a
     # checkpoint, which brings its algorithm: only its online settings (ONLINE_SETTINGS:
@@ -129,15 +157,7 @@ class FinetuneConfig:
     calibration_states: int = 1024  # held-out offline states and recent online ones for Q vs MC
     video: bool = True  # an mp4 of one evaluation episode at each evaluation
     checkpoint_every: int = 2000  # env steps
-    resume: bool = False  # continue from <run dir>/checkpoint.pt
-    overwrite: bool = False  # start over in a run directory that already holds a run (deletes it)
     log_every: int = 100  # updates
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0
-    compile: bool = False  # the networks through torch.compile (a minute or more of compiling first)
-    cuda_graphs: bool = False  # with compile on CUDA: the compiled networks replay as CUDA graphs
-    encoder_bf16: bool = False  # image trunks under bfloat16 autocast (CUDA; CPUs with AVX512-BF16 or AMX)
 
 
 ConfigStore.instance().store(name="finetune_schema", node=FinetuneConfig)

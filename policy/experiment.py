@@ -43,10 +43,9 @@ from policy import finetune, pretrain
 from policy.agent import ONLINE_SETTINGS
 from policy.algorithms import REGISTRY, check_config, lookup, with_defaults
 from policy.config import CONTROLS, EVAL_SEED_BASE, EVAL_SEED_STRIDE, ExperimentConfig, FinetuneConfig, PretrainConfig
-from policy.pretrain import PROJECT_ROOT
 from policy.results import DECIMALS, FIGURES, POLICY_NAMES, run_dir_figures, stage_averaged
 from policy.run import (
-    check_command_line, check_name, check_writable, exit_on_error, reject_unknown_choice, resolve_device, run_dir_lock,
+    PROJECT_ROOT, check_command_line, check_name, check_writable, exit_on_error, reject_unknown_choice, resolve_device, run_dir_lock,
     run_workspace,
 )
 

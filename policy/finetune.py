@@ -22,7 +22,6 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from tqdm import tqdm
@@ -34,13 +33,12 @@ from datasets.returns import RewardConfig, episode_rewards_and_returns
 from perception.encoders import EncoderConfig
 from policy.agent import ONLINE_SETTINGS, Agent, AlgoConfig, loaded_obs_keys
 from policy.algorithms import algo_config, check_config, make_agent
-from policy.checkpoint import Checkpoint, load_checkpoint, restore_agent, restore_rng_state, rng_state, save_checkpoint
+from policy.checkpoint import Checkpoint, load_checkpoint, restore_agent, save_checkpoint
 from policy.config import FinetuneConfig
-from policy.evaluation import Evaluator, calibration_batch, calibration_metrics, evaluate_policies
-from policy.logger import MetricLogger, MetricWindow
-from policy.pretrain import PROJECT_ROOT, check_obs_spec, dataset_path
-from policy.run import WallClock, check_command_line, check_speed_options, prepare_device, prepare_run_dir, resolve_device, run_workspace
-from sim.rendering import prepare_rendering
+from policy.evaluation import calibration_batch
+from policy.logger import MetricWindow
+from policy.run import PROJECT_ROOT, check_command_line, run_workspace
+from policy.session import RunSession
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +48,11 @@ class Workspace:
     machine, the agent and its env, the online settings, offline data, the online buffer, resume."""
 
     def __init__(self, cfg: FinetuneConfig, run_dir: Path) -> None:
-        self.clock = WallClock()
         self._check_settings(cfg)
         self.cfg, self.run_dir = cfg, run_dir
-        self.device = resolve_device(cfg.device)
-        check_speed_options(cfg.compile, cfg.cuda_graphs, cfg.encoder_bf16, self.device)
-        log.info("learner: %s", prepare_device(self.device, cfg.threads))
-        self.renderer = prepare_rendering(self.device)  # before any sim worker starts: they inherit it
-        torch.manual_seed(cfg.seed)
-        self.rng = np.random.default_rng(cfg.seed)
-        self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)  # replay batches, on the device
-        resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
-        resumed = load_checkpoint(resume_path, self.device) if resume_path else None
+        self.session = RunSession(cfg, run_dir)
+        self.device = self.session.device
+        resumed = self.session.resumed
 
         # The agent: pretrained, or from scratch. Everything is checked before any work.
         source = resumed or (load_checkpoint(cfg.checkpoint, self.device) if cfg.checkpoint else None)
@@ -88,11 +79,9 @@ class Workspace:
         self.eval_history: list[list[float]] = []  # (env_steps, success_rate)
         if resumed is not None:
             self._restore(resumed)
-        # On resume, rows the interrupted run logged after its last checkpoint are dropped.
-        resume_steps = {"train": self.updates, "eval": self.env_steps, "episodes": self.env_steps} if resumed else None
-        self.logger = MetricLogger(run_dir, resume_steps)
-        self.evaluator = Evaluator(self.env_name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
-        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+        self.session.open_outputs(cfg, self.env_name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed,
+                                  resume_steps={"train": self.updates, "eval": self.env_steps, "episodes": self.env_steps})
+        self.logger = self.session.logger
 
     @staticmethod
     def _check_settings(cfg: FinetuneConfig) -> None:
@@ -162,7 +151,7 @@ class Workspace:
                 if missing:
                     raise ValueError(f"observation key(s) {missing} are not produced by env {self.env_name!r}")
                 self.agent = make_agent(cfg.algo, self.obs_spec, action_dim, cfg.encoder, self.device)
-            check_obs_spec(self.obs_spec, probe.observation_space, self.env_name, "checkpoint")
+            sim.check_obs_spec(self.obs_spec, probe.observation_space, self.env_name, "checkpoint")
         finally:
             probe.close()
         if action_dim != self.agent.action_dim:
@@ -215,7 +204,7 @@ class Workspace:
             raise ValueError(f"dataset.image_size={cfg.dataset.image_size}, but the policy's input size is "
                              f"{image_size or 'none (no images)'}: fine-tuning resizes offline frames to the "
                              f"policy's input size, set by env.kwargs.image_size; drop dataset.image_size")
-        self.offline_path = str(offline_path if offline_path is not None else dataset_path(cfg.dataset))
+        self.offline_path = str(offline_path if offline_path is not None else cfg.dataset.file())
         with DemoFile(self.offline_path) as data:
             self.offline, _ = data.load_replay(self.obs_keys, gamma, self.reward, cfg.dataset.filter_key,
                                                cfg.dataset.terminals, image_size, self.device)
@@ -238,8 +227,7 @@ class Workspace:
         self.updates_due = float(counters.get("updates_due", 0.0))
         self.window.load_state_dict(state.get("metric_window", {}))
         self.eval_history = [list(row) for row in state["eval_history"]]
-        self.clock.continue_from(resumed.wall_seconds)
-        restore_rng_state(resumed.rng, self.rng, self.sampler)
+        self.session.continue_from(resumed)
         log.info("resumed from env step %d (%d updates)", self.env_steps, self.updates)
         print(f"resumed from env step {self.env_steps}", flush=True)
 
@@ -272,8 +260,7 @@ class Workspace:
             agent=self.agent.training_state(),
             updates=self.updates,
             env_steps=self.env_steps,
-            wall_seconds=self.clock.seconds(),
-            rng=rng_state(self.rng, self.sampler),
+            **self.session.checkpoint_fields(),
             stage_state={
                 "counters": {"episodes": self.episodes, "faults": self.faults, "updates_due": self.updates_due},
                 "finetune_config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
@@ -287,21 +274,18 @@ class Workspace:
     def evaluate(self, before_training: bool = False) -> dict[str, float]:
         """The evaluation at the current env step; ``before_training`` measures the policy the
         run starts from, which stays out of the cumulative regret (a figure of fine-tuning)."""
-        self.agent.eval()
-        metrics = evaluate_policies(self.evaluator, self.agent, self.cfg.eval_episodes, self.cfg.eval_trained_policy)
         # the calibration picture on the offline states pretraining tracked, and on the most
         # recent online transitions
-        if self.calibration is not None:
-            metrics.update(calibration_metrics(self.agent, self.calibration))
+        calibration = {"": self.calibration} if self.calibration is not None else {}
         if len(self.online):
             recent = np.arange(max(0, len(self.online) - self.cfg.calibration_states), len(self.online))
-            metrics.update(calibration_metrics(self.agent, self.online.gather(recent, self.agent.config.gamma), "online_"))
+            calibration["online_"] = self.online.gather(recent, self.agent.config.gamma)
+        metrics = self.session.evaluate(self.agent, self.cfg.eval_episodes, self.cfg.eval_trained_policy, calibration)
         if not before_training:
             self.eval_history.append([float(self.env_steps), metrics["success_rate"]])
             metrics["cumulative_regret"] = float(np.mean([1.0 - s for _, s in self.eval_history]))
         if self.cfg.video:
             self.record_video(self.run_dir / "videos" / f"eval_{self.env_steps:08d}.mp4")
-        self.agent.train()
         return metrics
 
     def record_video(self, path: Path) -> None:
@@ -340,7 +324,7 @@ class Workspace:
         next_eval = (self.env_steps // cfg.eval_every + 1) * cfg.eval_every
         next_checkpoint = (self.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
         checkpoint_due, last_eval = False, {}
-        self.bar = tqdm(total=cfg.env_steps, initial=self.env_steps, desc=f"finetune {self.algo}", unit="step", dynamic_ncols=True)
+        self.bar = self.session.progress(cfg.env_steps, self.env_steps, f"finetune {self.algo}")
         try:
             obs = self._start_episodes(envs)
             if cfg.eval_at_start and self.env_steps == 0 and not loop_only:
@@ -366,11 +350,11 @@ class Workspace:
         log.info("time: simulation %.1f s, learning %.1f s (%.0f%% learning)", self.sim_seconds, self.learn_seconds,
                  100 * self.learn_seconds / max(total, 1e-9))
         return {**last_eval, "sim_seconds": self.sim_seconds, "learn_seconds": self.learn_seconds,
-                "wall_seconds": self.clock.seconds()}
+                "wall_seconds": self.session.clock.seconds()}
 
     def _start_episodes(self, envs) -> dict[str, np.ndarray]:
         """Every env at the start of a new episode, seeded from the run's generator."""
-        obs, _ = envs.reset(seed=[int(seed) for seed in self.rng.integers(2**31, size=self.cfg.num_envs)])
+        obs, _ = envs.reset(seed=[int(seed) for seed in self.session.rng.integers(2**31, size=self.cfg.num_envs)])
         return obs
 
     def _collect_step(self, envs, obs: dict[str, np.ndarray], episodes: list[dict[str, list]], collecting: np.ndarray,
@@ -411,7 +395,7 @@ class Workspace:
         cfg = self.cfg
         start = time.perf_counter()
         while self.updates_due >= 1.0:
-            batch = sample_offline_online(self.offline, self.online, cfg.batch_size, self.sampler,
+            batch = sample_offline_online(self.offline, self.online, cfg.batch_size, self.session.sampler,
                                           self.agent.config.gamma, self.agent.config.n_step, cfg.sampling, cfg.mixing_ratio)
             self.window.add({**self.agent.update(batch), "online_share": batch.online.mean()})
             self.updates += 1
@@ -429,7 +413,7 @@ class Workspace:
 
     def _log_evaluation(self, metrics: dict[str, float]) -> dict[str, float]:
         self.logger.log("eval", self.env_steps, {**metrics, "updates": self.updates, "sim_faults": self.faults,
-                                                 "wall_seconds": self.clock.seconds()})
+                                                 "wall_seconds": self.session.clock.seconds()})
         if "cumulative_regret" in metrics:
             self.bar.set_postfix(success=f"{metrics['success_rate']:.2f}", regret=f"{metrics['cumulative_regret']:.2f}")
             tqdm.write(f"env step {self.env_steps}: success {metrics['success_rate']:.2f}, "
@@ -463,8 +447,7 @@ class Workspace:
         return len(raw) * self.cfg.utd
 
     def close(self) -> None:
-        self.evaluator.close()
-        self.logger.close()
+        self.session.close()
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "configs"), config_name="finetune")

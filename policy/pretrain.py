@@ -15,47 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import sim
 from datasets.offline import DemoFile
-from datasets.replay import ObsSpec, is_image
 from policy.agent import loaded_obs_keys
 from policy.algorithms import check_config, make_agent, with_defaults
-from policy.checkpoint import Checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from policy.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from policy.config import DatasetConfig, EnvConfig, PretrainConfig
-from policy.evaluation import Evaluator, calibration_batch, calibration_metrics, evaluate_policies
-from policy.logger import MetricLogger, MetricWindow
-from policy.run import WallClock, check_command_line, check_speed_options, prepare_device, prepare_run_dir, resolve_device, run_workspace
-from sim.rendering import prepare_rendering
-from sim.robosuite_tasks import ROBOSUITE_NAMES
+from policy.evaluation import calibration_batch
+from policy.logger import MetricWindow
+from policy.run import PROJECT_ROOT, check_command_line, run_workspace
+from policy.session import RunSession
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
 # What defines a run: a resumed run must be given the same (budget and logging may change).
 RUN_DEFINING = ("algo", "encoder", "dataset", "env", "seed", "batch_size", "eval_seed", "calibration_states")
-
-
-def dataset_path(dataset: DatasetConfig) -> Path:
-    """The dataset file; the default dataset is generated on first use."""
-    from sim.collect import DEFAULT_DATASETS, CollectConfig, collect
-
-    if dataset.path:
-        path = Path(dataset.path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"dataset file not found: {path}")
-        return path
-    if dataset.name not in DEFAULT_DATASETS:
-        raise ValueError(f"dataset {dataset.name!r} has no default file; set dataset.path")
-    path = DEFAULT_DATASETS[dataset.name]
-    if not path.is_file():
-        log.info("default dataset %s is missing: generating it", path)
-        collect(CollectConfig(task=dataset.name))
-    return path
 
 
 def env_for_dataset(data: DemoFile, dataset: DatasetConfig, env: EnvConfig) -> dict[str, Any]:
@@ -75,32 +52,12 @@ def env_for_dataset(data: DemoFile, dataset: DatasetConfig, env: EnvConfig) -> d
     return {**kwargs, **env.overrides()}
 
 
-def check_obs_spec(obs_spec: ObsSpec, observation_space, env_name: str, source: str = "dataset") -> None:
-    """Every key of ``obs_spec`` (from the dataset or a checkpoint) must exist in the env with
-    the same shape; a mismatch names the override that fixes it."""
-    for key, spec in obs_spec.items():
-        if key not in observation_space.spaces:
-            fix = ""
-            if is_image(spec) and env_name in ROBOSUITE_NAMES:
-                cameras = [name.removesuffix("_image") for name, other in obs_spec.items() if is_image(other)]
-                fix = f"; render its camera with env.kwargs.cameras=[{','.join(cameras)}]"
-            raise ValueError(f"observation key {key!r} is not produced by env {env_name!r} (it has "
-                             f"{sorted(observation_space.spaces)}){fix}")
-        env_shape = list(observation_space[key].shape)
-        if env_shape != list(spec["shape"]):
-            if not is_image(spec):
-                raise ValueError(f"shape mismatch for {key!r}: {source} {spec['shape']}, env {env_name!r} {env_shape}")
-            height, width = spec["shape"][:2]
-            fixes = [f"env.kwargs.image_size={height} (the env renders at the {source}'s size)"] if height == width else []
-            if source == "dataset":
-                fixes.append(f"dataset.image_size={env_shape[0]} (the frames are resized on load)")
-            raise ValueError(f"image size mismatch for {key!r}: {source} {spec['shape']}, env {env_name!r} {env_shape}; "
-                             f"set {' or '.join(fixes)}")
-
-
 class Workspace:
+    """Pretraining: settings, the run session, the data (checked against the evaluation env
+    before the long load), the agent, resume; then ``train``: update -> log -> evaluate ->
+    checkpoint until ``steps``."""
+
     def __init__(self, cfg: PretrainConfig, run_dir: Path) -> None:
-        self.clock = WallClock()
         check_config(cfg.algo)
         cfg.dataset.check()
         for name in ("steps", "batch_size", "eval_every", "eval_episodes", "eval_workers", "log_every", "checkpoint_every"):
@@ -108,24 +65,16 @@ class Workspace:
                 raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
         self.cfg = cfg
         self.run_dir = run_dir
-        self.device = resolve_device(cfg.device)
-        check_speed_options(cfg.compile, cfg.cuda_graphs, cfg.encoder_bf16, self.device)
-        log.info("learner: %s", prepare_device(self.device, cfg.threads))
-        prepare_rendering(self.device)  # before any evaluation worker starts: they inherit it
-        resume_path = prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
-        resumed = load_checkpoint(resume_path, self.device) if resume_path else None
+        self.session = RunSession(cfg, run_dir)
+        self.device = self.session.device
+        resumed = self.session.resumed
         if resumed is not None:
             self._check_same_run(resumed.config)
-        torch.manual_seed(cfg.seed)
-        self.rng = np.random.default_rng(cfg.seed)
-        self.sampler = torch.Generator(self.device).manual_seed(cfg.seed)  # replay batches, on the device
 
-        path = dataset_path(cfg.dataset)
-        self.dataset_path = path
-        with DemoFile(path) as data:
+        self.dataset_path = cfg.dataset.file()
+        with DemoFile(self.dataset_path) as data:
             self._load_data(data)
-        action_dim = self.replay.action_dim
-        self.agent = make_agent(cfg.algo, self.replay.obs_spec, action_dim, cfg.encoder, self.device)
+        self.agent = make_agent(cfg.algo, self.replay.obs_spec, self.replay.action_dim, cfg.encoder, self.device)
         self.agent.set_lowdim_normalization(self.replay.lowdim_stats())
         self.step = 0
         self.best_success = -1.0
@@ -135,11 +84,8 @@ class Workspace:
         self.agent.set_encoder_bf16(cfg.encoder_bf16)
         if cfg.compile:
             self.agent.compile_networks(cfg.cuda_graphs)
-        # On resume, rows the interrupted run logged after its last checkpoint are dropped.
-        resume_steps = {stream: self.step for stream in ("train", "eval")} if resumed else None
-        self.logger = MetricLogger(run_dir, resume_steps, purge_step=self.step + 1 if resumed else None)
-        self.evaluator = Evaluator(cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed)
-        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+        self.session.open_outputs(cfg, cfg.env.name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed,
+                                  resume_steps={"train": self.step, "eval": self.step}, purge_step=self.step + 1)
 
     def _load_data(self, data: DemoFile) -> None:
         """The training replay and the calibration states, after the file was checked against
@@ -148,7 +94,7 @@ class Workspace:
         self.env_kwargs = env_for_dataset(data, cfg.dataset, cfg.env)
         obs_keys, image_size = loaded_obs_keys(cfg.dataset.obs_keys, cfg.algo), cfg.dataset.image_size
         probe = sim.make_env(cfg.env.name, **self.env_kwargs)  # spaces only: no rendering yet
-        check_obs_spec(data.obs_spec(obs_keys, image_size), probe.observation_space, cfg.env.name)
+        sim.check_obs_spec(data.obs_spec(obs_keys, image_size), probe.observation_space, cfg.env.name)
         action_dim = probe.action_space.shape[0]
         probe.close()
         self.replay, stats = data.load_replay(obs_keys, cfg.algo.gamma, cfg.dataset.reward, cfg.dataset.filter_key,
@@ -175,8 +121,7 @@ class Workspace:
         self.step = checkpoint.updates
         self.best_success = float(checkpoint.stage_state["best_success"])
         self.last_eval = dict(checkpoint.stage_state["last_eval"])
-        self.clock.continue_from(checkpoint.wall_seconds)
-        restore_rng_state(checkpoint.rng, self.rng, self.sampler)
+        self.session.continue_from(checkpoint)
         best = self.run_dir / "best.pt"
         if best.is_file() and load_checkpoint(best).updates > self.step:
             # killed between writing best.pt and the checkpoint after it: that evaluation is redone
@@ -197,26 +142,21 @@ class Workspace:
             agent=self.agent.training_state(),
             updates=self.step,
             env_steps=0,
-            wall_seconds=self.clock.seconds(),
-            rng=rng_state(self.rng, self.sampler),
+            **self.session.checkpoint_fields(),
             stage_state={"best_success": self.best_success, "last_eval": self.last_eval},
             eval=best_eval,
         )
 
     def evaluate(self) -> dict[str, float]:
-        self.agent.eval()
-        metrics = evaluate_policies(self.evaluator, self.agent, self.cfg.eval_episodes, self.cfg.eval_trained_policy)
-        metrics.update(calibration_metrics(self.agent, self.calibration_batch))
-        self.agent.train()
-        return metrics
+        return self.session.evaluate(self.agent, self.cfg.eval_episodes, self.cfg.eval_trained_policy, {"": self.calibration_batch})
 
     def train(self) -> dict[str, float]:
         cfg = self.cfg
         window = MetricWindow()
         start, start_step = time.perf_counter(), self.step
-        with tqdm(total=cfg.steps, initial=self.step, desc=f"pretrain {cfg.algo.name}", unit="step", dynamic_ncols=True) as bar:
+        with self.session.progress(cfg.steps, self.step, f"pretrain {cfg.algo.name}") as bar:
             while self.step < cfg.steps:
-                metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.sampler, cfg.algo.gamma, cfg.algo.n_step))
+                metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.session.sampler, cfg.algo.gamma, cfg.algo.n_step))
                 self.step += 1
                 bar.update(1)
                 window.add(metrics)
@@ -227,12 +167,12 @@ class Workspace:
                 if self.step % cfg.log_every == 0:
                     averaged = window.averages()
                     averaged["updates_per_second"] = (self.step - start_step) / (time.perf_counter() - start)
-                    self.logger.log("train", self.step, averaged)
+                    self.session.logger.log("train", self.step, averaged)
                     bar.set_postfix(q=f"{averaged['q_data']:.2f}", bound=f"{averaged.get('bound_rate', 0):.2f}",
                                     success=f"{self.last_eval.get('success_rate', float('nan')):.2f}")
                 if evaluate:
                     self.last_eval = self.evaluate()
-                    self.logger.log("eval", self.step, {**self.last_eval, "wall_seconds": self.clock.seconds()})
+                    self.session.logger.log("eval", self.step, {**self.last_eval, "wall_seconds": self.session.clock.seconds()})
                     tqdm.write(f"step {self.step}: success {self.last_eval['success_rate']:.2f}, "
                                f"Q(s, pi) {self.last_eval['q_policy']:.2f} vs MC {self.last_eval['mc_return']:.2f}")
                     if self.last_eval["success_rate"] > self.best_success:
@@ -242,11 +182,10 @@ class Workspace:
                 # a checkpoint after every evaluation too, so that best.pt is never ahead of it
                 if save:
                     save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint())
-        return {**self.last_eval, "wall_seconds": self.clock.seconds()}
+        return {**self.last_eval, "wall_seconds": self.session.clock.seconds()}
 
     def close(self) -> None:
-        self.evaluator.close()
-        self.logger.close()
+        self.session.close()
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "configs"), config_name="pretrain")

@@ -209,7 +209,8 @@ class WallClock:
         return self.before + time.perf_counter() - self.started
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
 
 
 def check_command_line(argv: list[str], config_name: str) -> None:

@@ -82,6 +82,33 @@ def env_from_args(env_args: dict[str, Any], source: str) -> tuple[str, dict[str,
     return task_from_robosuite_args(name, env_kwargs, source)
 
 
+def check_obs_spec(obs_spec: dict[str, dict[str, Any]], observation_space: gym.spaces.Dict, env_name: str,
+                   source: str = "dataset") -> None:
+    """Every key of ``obs_spec`` (from the dataset or a checkpoint) must exist in the env with
+    the same shape; a mismatch names the override that fixes it."""
+    from datasets.replay import is_image
+    from sim.robosuite_tasks import ROBOSUITE_NAMES
+
+    for key, spec in obs_spec.items():
+        if key not in observation_space.spaces:
+            fix = ""
+            if is_image(spec) and env_name in ROBOSUITE_NAMES:
+                cameras = [name.removesuffix("_image") for name, other in obs_spec.items() if is_image(other)]
+                fix = f"; render its camera with env.kwargs.cameras=[{','.join(cameras)}]"
+            raise ValueError(f"observation key {key!r} is not produced by env {env_name!r} (it has "
+                             f"{sorted(observation_space.spaces)}){fix}")
+        env_shape = list(observation_space[key].shape)
+        if env_shape != list(spec["shape"]):
+            if not is_image(spec):
+                raise ValueError(f"shape mismatch for {key!r}: {source} {spec['shape']}, env {env_name!r} {env_shape}")
+            height, width = spec["shape"][:2]
+            fixes = [f"env.kwargs.image_size={height} (the env renders at the {source}'s size)"] if height == width else []
+            if source == "dataset":
+                fixes.append(f"dataset.image_size={env_shape[0]} (the frames are resized on load)")
+            raise ValueError(f"image size mismatch for {key!r}: {source} {spec['shape']}, env {env_name!r} {env_shape}; "
+                             f"set {' or '.join(fixes)}")
+
+
 def make_vector_env(
     name: str, num_envs: int, *, fault_tolerant: bool = False, autoreset_mode: str = "NextStep", **kwargs: Any
 ) -> gym.vector.VectorEnv:

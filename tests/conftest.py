@@ -1,6 +1,5 @@
 import os
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports MuJoCo
 # One torch thread in the tests and the CLIs they start (threads=0 follows it): their networks
 # are tiny, and a two-thread learner beside its own sim workers on a 2-core machine runs
 # several times slower than a one-thread one.
@@ -8,7 +7,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before anything imports torch
 
 import pytest  # noqa: E402
 
-import sim  # noqa: E402,F401
+import sim  # noqa: E402,F401  (importing it chooses the rendering backend before MuJoCo loads)
 
 
 @pytest.fixture

@@ -158,14 +158,13 @@ def test_missing_default_dataset_is_generated_first(tmp_path, monkeypatch):
     import dataclasses
 
     import sim.collect
-    from policy.pretrain import dataset_path
 
     target = tmp_path / "data" / "pickplace.hdf5"
     monkeypatch.setitem(sim.collect.DEFAULT_DATASETS, "pickplace", target)
     # the real collector, made small: 4 episodes in one worker
     real_collect = sim.collect.collect
     monkeypatch.setattr(sim.collect, "collect", lambda config: real_collect(dataclasses.replace(config, episodes=4, workers=1)))
-    assert dataset_path(DatasetConfig()) == target
+    assert DatasetConfig().file() == target
     assert target.is_file()
     with pytest.raises(ValueError, match="has no default file"):
-        dataset_path(DatasetConfig(name="robomimic"))
+        DatasetConfig(name="robomimic").file()

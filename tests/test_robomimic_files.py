@@ -19,7 +19,8 @@ from datasets.frames import resize_frames
 from policy.calql import CalQLConfig
 from policy.checkpoint import load_checkpoint
 from policy.config import DatasetConfig, EnvConfig, PretrainConfig
-from policy.pretrain import Workspace, check_obs_spec, env_for_dataset
+from policy.pretrain import Workspace, env_for_dataset
+from sim import check_obs_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 CAMERAS = ("agentview", "robot0_eye_in_hand")
@@ -220,7 +221,7 @@ def test_image_size_trains_a_smaller_policy_evaluated_at_that_size(lift_84, tmp_
     try:
         assert workspace.replay.obs_spec["robot0_eye_in_hand_image"]["shape"] == [48, 48, 3]
         assert workspace.calibration_batch.obs["agentview_image"].shape[1:] == (48, 48, 3)
-        assert workspace.env_kwargs["image_size"] == 48 and workspace.evaluator.env_kwargs["image_size"] == 48
+        assert workspace.env_kwargs["image_size"] == 48 and workspace.session.evaluator.env_kwargs["image_size"] == 48
     finally:
         workspace.close()
 
