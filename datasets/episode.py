@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from datasets.returns import RewardConfig, episode_rewards_and_returns
+
 EPISODE_ARRAYS = ("actions", "rewards", "terminals")
 
 
@@ -39,6 +41,13 @@ class Episode:
         if len(self):
             timeouts[-1] = not self.terminals[-1]
         return timeouts
+
+    def transitions(self, gamma: float, reward: RewardConfig) -> dict[str, np.ndarray]:
+        """The replay buffer's per-step arrays (``ReplayBuffer.add_episode``): actions, the
+        transformed rewards, terminals, timeouts and the Monte-Carlo returns at ``gamma``."""
+        rewards, returns = episode_rewards_and_returns(self.rewards, self.terminals, gamma, reward)
+        return {"actions": self.actions, "rewards": rewards, "terminals": self.terminals, "timeouts": self.timeouts,
+                "mc_returns": returns}
 
     @property
     def nbytes(self) -> int:

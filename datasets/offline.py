@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from datasets.replay import ObsSpec, ReplayBuffer, obs_spec_of
-from datasets.returns import RewardConfig, episode_rewards_and_returns
+from datasets.episode import Episode
+from datasets.returns import RewardConfig
 from datasets.robomimic_hdf5 import demo_names, open_dataset, read_env_args
 from datasets.frames import resize_frames
 
@@ -49,20 +50,6 @@ def succeeded(rewards: np.ndarray) -> bool:
     """Whether an episode reached the goal: some reward is positive. Its ``dones`` cannot
     tell, since robomimic's ``done_mode`` 1 and 2 set the last step's done of every demo."""
     return bool(np.any(rewards > 0))
-
-
-@dataclass
-class OfflineEpisode:
-    obs: dict[str, np.ndarray]
-    next_obs: dict[str, np.ndarray]
-    actions: np.ndarray
-    rewards: np.ndarray  # raw, as in the file
-    terminals: np.ndarray
-    timeouts: np.ndarray
-    source: str = ""
-
-    def __len__(self) -> int:
-        return len(self.actions)
 
 
 @dataclass
@@ -161,7 +148,7 @@ class DemoFile:
         return spec
 
     def episodes(self, obs_keys: list[str], filter_key: str | None = "train", terminals: str = "success",
-                 stats: LoaderStats | None = None, image_size: int | None = None) -> Iterator[OfflineEpisode]:
+                 stats: LoaderStats | None = None, image_size: int | None = None) -> Iterator[Episode]:
         """Episodes of the selected demos, following the rules in the module docstring."""
         check_terminals_rule(terminals)
         stats = stats if stats is not None else LoaderStats()
@@ -220,9 +207,7 @@ class DemoFile:
         buffer = ReplayBuffer(self.obs_spec(obs_keys, image_size), episodes[0].actions.shape[1], transitions,
                               transitions + len(episodes), device)
         for episode in episodes:
-            rewards, returns = episode_rewards_and_returns(episode.rewards, episode.terminals, gamma, reward)
-            buffer.add_episode(episode.obs, episode.next_obs, actions=episode.actions, rewards=rewards,
-                               terminals=episode.terminals, timeouts=episode.timeouts, mc_returns=returns)
+            buffer.add_episode(episode.obs, episode.next_obs, **episode.transitions(gamma, reward))
         log.info("loaded %s: %d episodes, %d transitions, %d terminals, replay %.1f MB",
                  self.path, stats.episodes, stats.transitions, stats.terminals, buffer.nbytes / 2**20)
         return buffer, stats
@@ -251,7 +236,7 @@ def _episode_breaks(obs: dict[str, np.ndarray], next_obs: dict[str, np.ndarray] 
 
 
 def _episode(name: str, obs: dict[str, np.ndarray], next_obs: dict[str, np.ndarray], demo: _Demo, start: int, stop: int,
-             terminals: str, stats: LoaderStats) -> OfflineEpisode:
+             terminals: str, stats: LoaderStats) -> Episode:
     """Steps ``start:stop`` of a demo as an episode: its first terminal (by the ``terminals``
     rule) ends it; without one its last step is a timeout."""
     terminal = demo.dones[start:stop].copy()
@@ -265,17 +250,15 @@ def _episode(name: str, obs: dict[str, np.ndarray], next_obs: dict[str, np.ndarr
         stop = start + first + 1
         terminal = terminal[: first + 1]
         stats.terminals += 1
-    timeout = np.zeros(stop - start, bool)
-    timeout[-1] = not terminal[-1]
-    return OfflineEpisode(obs={k: v[start:stop] for k, v in obs.items()}, next_obs={k: v[start:stop] for k, v in next_obs.items()},
-                          actions=demo.actions[start:stop], rewards=demo.rewards[start:stop], terminals=terminal,
-                          timeouts=timeout, source=name)
+    return Episode(obs={k: v[start:stop] for k, v in obs.items()}, next_obs={k: v[start:stop] for k, v in next_obs.items()},
+                   actions=demo.actions[start:stop], rewards=demo.rewards[start:stop], terminals=terminal,
+                   attrs={"source": name})
 
 
 def iter_episodes(
     path: str | Path, obs_keys: list[str], filter_key: str | None = "train", terminals: str = "success",
     stats: LoaderStats | None = None, image_size: int | None = None,
-) -> Iterator[OfflineEpisode]:
+) -> Iterator[Episode]:
     """:meth:`DemoFile.episodes` of the file at ``path``."""
     check_terminals_rule(terminals)  # a setting's error before the file's
     with DemoFile(path) as data:

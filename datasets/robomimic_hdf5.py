@@ -4,7 +4,7 @@ Layout: group ``data`` with attrs ``total`` (number of transitions) and ``env_ar
 ``env_name`` and ``env_kwargs``, enough to rebuild the env with ``sim.make_env``; robomimic's
 files name a robosuite env, which ``sim.env_from_args`` maps to the matching one); one group
 ``data/demo_<i>`` per episode holding ``obs/<key>``, ``next_obs/<key>``, ``actions``,
-``rewards``, ``dones`` and ``states``, with attr ``num_samples``; and ``mask/<filter>``
+``rewards``, ``dones`` and (where recorded) ``states``, with attr ``num_samples``; and ``mask/<filter>``
 arrays of demo names (``train`` and ``valid``). Images are uint8 HWC, chunked per episode
 and gzip-compressed.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,40 +24,7 @@ import h5py
 import numpy as np
 
 from datasets.atomic import atomic_path, check_free_space
-
-EPISODE_KEYS = ("actions", "rewards", "dones", "states")
-
-
-@dataclass
-class Episode:
-    """One episode as parallel arrays over its T steps; ``attrs`` are stored on its group."""
-
-    obs: dict[str, np.ndarray]
-    next_obs: dict[str, np.ndarray]
-    actions: np.ndarray
-    rewards: np.ndarray
-    dones: np.ndarray
-    states: np.ndarray
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.actions)
-
-    @property
-    def nbytes(self) -> int:
-        arrays = [*self.obs.values(), *self.next_obs.values(), *(getattr(self, key) for key in EPISODE_KEYS)]
-        return sum(np.asarray(a).nbytes for a in arrays)
-
-    def validate(self) -> None:
-        steps = len(self)
-        arrays = {**{f"obs/{k}": v for k, v in self.obs.items()}, **{f"next_obs/{k}": v for k, v in self.next_obs.items()}}
-        arrays.update({key: getattr(self, key) for key in EPISODE_KEYS})
-        for name, array in arrays.items():
-            if len(array) != steps:
-                raise ValueError(f"episode array {name} has {len(array)} steps, actions have {steps}")
-        if set(self.obs) != set(self.next_obs):
-            raise ValueError(f"obs keys {sorted(self.obs)} differ from next_obs keys {sorted(self.next_obs)}")
-
+from datasets.episode import Episode
 
 def _write_array(group: h5py.Group, name: str, array: np.ndarray) -> None:
     if array.dtype == np.uint8 and array.ndim == 4:  # image sequence: one frame per chunk row
@@ -98,8 +64,11 @@ def write_dataset(
                 for prefix, observations in (("obs", episode.obs), ("next_obs", episode.next_obs)):
                     for key, array in observations.items():
                         _write_array(group, f"{prefix}/{key}", array)
-                for key in EPISODE_KEYS:
-                    _write_array(group, key, getattr(episode, key))
+                _write_array(group, "actions", episode.actions)
+                _write_array(group, "rewards", episode.rewards)
+                _write_array(group, "dones", episode.terminals.astype(np.uint8))
+                if episode.states is not None:
+                    _write_array(group, "states", episode.states)
                 group.attrs["num_samples"] = len(episode)
                 for key, value in episode.attrs.items():
                     group.attrs[key] = value

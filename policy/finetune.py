@@ -29,7 +29,8 @@ from tqdm import tqdm
 import sim
 from datasets.offline import DemoFile
 from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, is_image, sample_offline_online
-from datasets.returns import RewardConfig, episode_rewards_and_returns
+from datasets.episode import Episode, EpisodeRecorder
+from datasets.returns import RewardConfig
 from perception.encoders import EncoderConfig
 from policy.agent import ONLINE_SETTINGS, Agent, AlgoConfig, loaded_obs_keys
 from policy.algorithms import algo_config, check_config, make_agent
@@ -39,6 +40,7 @@ from policy.evaluation import calibration_batch
 from policy.logger import MetricWindow
 from policy.run import PROJECT_ROOT, check_command_line, run_workspace
 from policy.session import RunSession
+from sim.rollout import play_episode
 
 log = logging.getLogger(__name__)
 
@@ -293,12 +295,8 @@ class Workspace:
 
         env = sim.make_env(self.env_name, **self.env_kwargs)
         try:
-            obs, _ = env.reset(seed=self.cfg.eval_seed)
-            frames, done = [env.render()], False
-            while not done:
-                obs, _, terminated, truncated, _ = env.step(self.agent.act({k: obs[k][None] for k in self.obs_spec})[0])
-                frames.append(env.render())
-                done = terminated or truncated
+            _, frames = play_episode(env, lambda obs: self.agent.act({k: obs[k][None] for k in self.obs_spec})[0],
+                                     self.cfg.eval_seed, frames=True)
         finally:
             env.close()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -319,7 +317,7 @@ class Workspace:
         are dropped)."""
         cfg = self.cfg
         envs = sim.make_vector_env(self.env_name, cfg.num_envs, fault_tolerant=True, autoreset_mode="SameStep", **self.env_kwargs)
-        episodes = [self._empty_episode() for _ in range(cfg.num_envs)]
+        episodes = [EpisodeRecorder(self.obs_keys) for _ in range(cfg.num_envs)]
         collecting = np.ones(cfg.num_envs, bool)  # False: the env waits for a checkpoint
         next_eval = (self.env_steps // cfg.eval_every + 1) * cfg.eval_every
         next_checkpoint = (self.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
@@ -357,7 +355,7 @@ class Workspace:
         obs, _ = envs.reset(seed=[int(seed) for seed in self.session.rng.integers(2**31, size=self.cfg.num_envs)])
         return obs
 
-    def _collect_step(self, envs, obs: dict[str, np.ndarray], episodes: list[dict[str, list]], collecting: np.ndarray,
+    def _collect_step(self, envs, obs: dict[str, np.ndarray], episodes: list[EpisodeRecorder], collecting: np.ndarray,
                       checkpoint_due: bool) -> dict[str, np.ndarray]:
         """One step of every env with the exploring policy; the steps of collecting envs go into
         their episodes, and a finished episode into the online buffer (an env whose episode ends
@@ -376,17 +374,12 @@ class Workspace:
         for i in np.flatnonzero(collecting):
             # with same-step autoreset a finished env already shows its reset observation
             following = info["final_obs"][i] if done[i] else {k: next_obs[k][i] for k in keys}
-            episode = episodes[i]
-            episode["obs"].append({k: obs[k][i] for k in keys})
-            episode["next_obs"].append({k: following[k] for k in keys})
-            episode["actions"].append(actions[i])
-            episode["rewards"].append(rewards[i])
-            episode["terminals"].append(bool(terminated[i]))
+            episodes[i].add({k: obs[k][i] for k in keys}, actions[i], rewards[i], bool(terminated[i]), following)
             if done[i]:
                 final_info = info["final_info"]
                 fault = bool(final_info.get("sim_fault", np.zeros(len(done), bool))[i])
-                self.updates_due += self._finish_episode(episode, bool(final_info["is_success"][i]), fault)
-                episodes[i] = self._empty_episode()
+                self.updates_due += self._finish_episode(
+                    episodes[i].finish({"success": bool(final_info["is_success"][i]), "sim_fault": fault}))
                 collecting[i] = not checkpoint_due
         return next_obs
 
@@ -422,29 +415,15 @@ class Workspace:
             tqdm.write(f"env step {self.env_steps} (before fine-tuning): success {metrics['success_rate']:.2f}")
         return metrics
 
-    @staticmethod
-    def _empty_episode() -> dict[str, list]:
-        return {"obs": [], "next_obs": [], "actions": [], "rewards": [], "terminals": []}
-
-    def _finish_episode(self, episode: dict[str, list], success: bool, fault: bool) -> float:
+    def _finish_episode(self, episode: Episode) -> float:
         """MC returns, then into the online buffer; returns the gradient updates it earns."""
-        keys = self.obs_keys
-        raw = np.asarray(episode["rewards"], dtype=np.float32)
-        terminals = np.asarray(episode["terminals"], dtype=bool)
-        timeouts = np.zeros(len(raw), bool)
-        timeouts[-1] = not terminals[-1]
-        rewards, returns = episode_rewards_and_returns(raw, terminals, self.agent.config.gamma, self.reward)
-        self.online.add_episode(
-            {k: np.stack([o[k] for o in episode["obs"]]) for k in keys},
-            {k: np.stack([o[k] for o in episode["next_obs"]]) for k in keys},
-            actions=np.asarray(episode["actions"], dtype=np.float32),
-            rewards=rewards, terminals=terminals, timeouts=timeouts, mc_returns=returns,
-        )
+        self.online.add_episode(episode.obs, episode.next_obs, **episode.transitions(self.agent.config.gamma, self.reward))
+        fault = episode.attrs["sim_fault"]
         self.episodes += 1
         self.faults += int(fault)
-        self.logger.log("episodes", self.env_steps, {"return": float(raw.sum()), "length": len(raw),
-                                                     "success": float(success), "sim_fault": float(fault)})
-        return len(raw) * self.cfg.utd
+        self.logger.log("episodes", self.env_steps, {"return": float(episode.rewards.sum()), "length": len(episode),
+                                                     "success": float(episode.attrs["success"]), "sim_fault": float(fault)})
+        return len(episode) * self.cfg.utd
 
     def close(self) -> None:
         self.session.close()

@@ -22,9 +22,11 @@ from tqdm import tqdm
 
 import sim
 from datasets.command_line import check_overrides, remove_empty_run_dir
-from datasets.robomimic_hdf5 import Episode, write_dataset
+from datasets.episode import Episode
+from datasets.robomimic_hdf5 import write_dataset
 from sim.expert import MODES, ScriptedExpert
 from sim.pickplace import PickPlaceConfig
+from sim.rollout import play_episode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATASETS = {"pickplace": PROJECT_ROOT / "data" / "pickplace.hdf5"}
@@ -105,32 +107,9 @@ def run_episode(env, config: CollectConfig, index: int) -> Episode:
     mode, noise, env_seed, rng = _episode_plan(config, index)
     expert = ScriptedExpert(env.unwrapped.config.max_delta, mode=mode, noise=noise)
     expert.reset(rng)
-    obs, _ = env.reset(seed=env_seed)
-    steps: dict[str, list] = {"obs": [], "next_obs": [], "actions": [], "rewards": [], "dones": [], "states": []}
-    success = False
-    while True:
-        steps["states"].append(env.unwrapped.get_state())
-        action = expert.act(obs)
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        steps["obs"].append(obs)
-        steps["next_obs"].append(next_obs)
-        steps["actions"].append(action)
-        steps["rewards"].append(reward)
-        steps["dones"].append(terminated)
-        obs = next_obs
-        if terminated or truncated:
-            success = bool(info["is_success"])
-            break
-    keys = steps["obs"][0].keys()
-    return Episode(
-        obs={k: np.stack([o[k] for o in steps["obs"]]) for k in keys},
-        next_obs={k: np.stack([o[k] for o in steps["next_obs"]]) for k in keys},
-        actions=np.asarray(steps["actions"], dtype=np.float32),
-        rewards=np.asarray(steps["rewards"], dtype=np.float32),
-        dones=np.asarray(steps["dones"], dtype=np.uint8),
-        states=np.asarray(steps["states"], dtype=np.float64),
-        attrs={"mode": mode, "noise": noise, "env_seed": env_seed, "success": success},
-    )
+    episode, _ = play_episode(env, expert.act, env_seed, states=True)
+    episode.attrs = {"mode": mode, "noise": noise, "env_seed": env_seed, **episode.attrs}
+    return episode
 
 
 def _worker_episode(index: int) -> Episode:

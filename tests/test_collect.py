@@ -8,7 +8,8 @@ import pytest
 
 import sim
 from datasets.offline import DemoFile
-from datasets.robomimic_hdf5 import Episode, demo_names, write_dataset
+from datasets.episode import Episode
+from datasets.robomimic_hdf5 import demo_names, write_dataset
 from sim.collect import CollectConfig, collect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +90,7 @@ def test_collection_is_independent_of_worker_count(collected, tmp_path):
 def _tiny_episode(steps: int = 3) -> Episode:
     obs = {"x": np.zeros((steps, 2), np.float32)}
     return Episode(obs, obs, np.zeros((steps, 4), np.float32), np.zeros(steps, np.float32),
-                   np.zeros(steps, np.uint8), np.zeros((steps, 5)))
+                   np.zeros(steps, bool), np.zeros((steps, 5)))
 
 
 def test_interrupted_write_leaves_no_file(tmp_path):

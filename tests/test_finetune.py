@@ -13,6 +13,7 @@ import torch
 
 from omegaconf import OmegaConf
 
+from datasets.episode import Episode
 from datasets.returns import RewardConfig, episode_rewards_and_returns
 from policy import checkpoint as checkpoint_module
 from conftest import tiny_checkpoint
@@ -198,11 +199,13 @@ def test_online_episodes_get_mc_returns(trained, tmp_path):
     try:
         assert workspace.reward == pretrained
         obs = {k: np.zeros(v["shape"], np.uint8 if v["dtype"] == "uint8" else np.float32) for k, v in workspace.obs_spec.items()}
-        success = {"obs": [obs] * 3, "next_obs": [obs] * 3, "actions": [np.zeros(4)] * 3,
-                   "rewards": [0.0, 0.0, 1.0], "terminals": [False, False, True]}
-        failure = {**success, "rewards": [0.0] * 3, "terminals": [False] * 3}
-        assert workspace._finish_episode(success, success=True, fault=False) == 3
-        workspace._finish_episode(failure, success=False, fault=True)
+        stacked = {k: np.stack([v] * 3) for k, v in obs.items()}
+
+        def episode(rewards: list[float], terminals: list[bool], attrs: dict) -> Episode:
+            return Episode(stacked, stacked, np.zeros((3, 4), np.float32), np.array(rewards, np.float32), np.array(terminals), attrs=attrs)
+
+        assert workspace._finish_episode(episode([0.0, 0.0, 1.0], [False, False, True], {"success": True, "sim_fault": False})) == 3
+        workspace._finish_episode(episode([0.0] * 3, [False] * 3, {"success": False, "sim_fault": True}))
         gamma = workspace.agent.config.gamma
         bias = pretrained.bias
         expected = np.concatenate([episode_rewards_and_returns(np.array([0, 0, 1.0]), np.array([0, 0, 1]), gamma, pretrained)[1],

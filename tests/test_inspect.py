@@ -12,7 +12,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from datasets.robomimic_hdf5 import Episode, write_dataset
+from datasets.episode import Episode
+from datasets.robomimic_hdf5 import write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 12  # image side: small files, and a contact-sheet scale above 1
@@ -47,7 +48,7 @@ def ours(tmp_path) -> Path:
         obs = {"agentview_image": _frames(index, steps, 0), "robot0_eef_pos": np.zeros((steps, 3), np.float32)}
         episodes.append(Episode(obs=obs, next_obs={k: v.copy() for k, v in obs.items()},
                                 actions=np.tile(np.linspace(-0.5, 0.5, steps, dtype=np.float32)[:, None], (1, 4)),
-                                rewards=rewards, dones=rewards.astype(np.uint8), states=np.zeros((steps, 2))))
+                                rewards=rewards, terminals=rewards > 0, states=np.zeros((steps, 2))))
     path = tmp_path / "ours.hdf5"
     write_dataset(path, episodes, {"env_name": "pickplace", "env_kwargs": {"image_size": SIZE, "control_hz": 10.0}},
                   valid_fraction=0.2)

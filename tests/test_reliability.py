@@ -107,12 +107,13 @@ def test_stale_temporaries_are_removed_by_the_next_writer(tmp_path):
     save_checkpoint(tmp_path / "checkpoint.pt", tiny_checkpoint(1, torch.zeros(1)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
-    from datasets.robomimic_hdf5 import Episode, write_dataset
+    from datasets.episode import Episode
+    from datasets.robomimic_hdf5 import write_dataset
 
     stale = tmp_path / f".out.hdf5.{dead_pid}.tmp"
     stale.write_bytes(b"half a dataset")
     episode = Episode(obs={"x": np.zeros((2, 1), np.float32)}, next_obs={"x": np.zeros((2, 1), np.float32)},
-                      actions=np.zeros((2, 1), np.float32), rewards=np.zeros(2, np.float32), dones=np.zeros(2, np.uint8),
+                      actions=np.zeros((2, 1), np.float32), rewards=np.zeros(2, np.float32), terminals=np.zeros(2, bool),
                       states=np.zeros((2, 1)))
     write_dataset(tmp_path / "out.hdf5", [episode], {"env_name": "pickplace", "env_kwargs": {}}, valid_fraction=0.0)
     assert not stale.exists() and (tmp_path / "out.hdf5").is_file()
