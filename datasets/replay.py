@@ -84,6 +84,16 @@ def is_image(spec: dict[str, Any]) -> bool:
     return spec["dtype"] == "uint8" and len(spec["shape"]) == 3
 
 
+def input_image_size(obs_spec: ObsSpec) -> int | None:
+    """The side of a policy's square camera frames, read off its observation spec (the one home
+    of the trained input size; ``dataset.image_size`` and ``env.kwargs.image_size`` only decide
+    what a new run loads and renders). None without cameras."""
+    sizes = {spec["shape"][0] for spec in obs_spec.values() if is_image(spec)}
+    if len(sizes) > 1:
+        raise ValueError(f"cameras of different sizes {sorted(sizes)} in one observation spec")
+    return sizes.pop() if sizes else None
+
+
 def obs_spec_of(obs: dict[str, Array], batched: bool = True) -> ObsSpec:
     """The observation spec of a (batched) observation dict of arrays or tensors."""
     return {

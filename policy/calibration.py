@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from datasets.atomic import write_bytes_atomically
 from datasets.command_line import check_overrides, remove_empty_run_dir
 from datasets.offline import load_replay
-from datasets.replay import is_image
+from datasets.replay import input_image_size
 from datasets.returns import RewardConfig
 from policy.checkpoint import load_checkpoint, restore_agent
 from policy.evaluation import calibration_metrics
@@ -59,7 +59,7 @@ def checkpoint_calibration(config: CalibrationConfig) -> dict[str, float | str |
         raise FileNotFoundError(f"dataset file not found: {dataset}")
     trained = checkpoint.config
     obs_spec = checkpoint.obs_spec
-    image_size = next((spec["shape"][0] for spec in obs_spec.values() if is_image(spec)), None)
+    image_size = input_image_size(obs_spec)
     gamma = float(trained["algo"]["gamma"])
     replay, stats = load_replay(dataset, sorted(obs_spec), gamma, RewardConfig(**trained["dataset"]["reward"]),
                                 config.filter_key, trained["dataset"]["terminals"], image_size)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import sim
 from datasets.offline import DemoFile
-from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, is_image, sample_offline_online
+from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, input_image_size, sample_offline_online
 from datasets.episode import Episode, EpisodeRecorder
 from datasets.returns import RewardConfig
 from perception.encoders import EncoderConfig
@@ -201,7 +201,7 @@ class Workspace:
         its held-out calibration states; a new agent standardises inputs like the data."""
         cfg = self.cfg
         gamma = self.agent.config.gamma
-        image_size = next((spec["shape"][0] for spec in self.obs_spec.values() if is_image(spec)), None)
+        image_size = input_image_size(self.obs_spec)
         if cfg.dataset.image_size is not None and cfg.dataset.image_size != image_size:
             raise ValueError(f"dataset.image_size={cfg.dataset.image_size}, but the policy's input size is "
                              f"{image_size or 'none (no images)'}: fine-tuning resizes offline frames to the "

@@ -117,3 +117,13 @@ def test_obs_spec_is_the_same_for_arrays_and_tensors():
     obs = {"agentview_image": np.zeros((2, 4, 4, 3), np.uint8), "robot0_eef_pos": np.zeros((2, 3), np.float32)}
     expected = {"agentview_image": {"shape": [4, 4, 3], "dtype": "uint8"}, "robot0_eef_pos": {"shape": [3], "dtype": "float32"}}
     assert obs_spec_of(obs) == obs_spec_of({k: torch.from_numpy(v) for k, v in obs.items()}) == expected
+
+
+def test_input_image_size_is_read_off_the_spec():
+    from datasets.replay import input_image_size
+
+    camera = {"shape": [48, 48, 3], "dtype": "uint8"}
+    assert input_image_size({"agentview_image": camera, "robot0_eef_pos": {"shape": [3], "dtype": "float32"}}) == 48
+    assert input_image_size({"robot0_eef_pos": {"shape": [3], "dtype": "float32"}}) is None
+    with pytest.raises(ValueError, match=r"cameras of different sizes \[48, 84\]"):
+        input_image_size({"a_image": camera, "b_image": {"shape": [84, 84, 3], "dtype": "uint8"}})
