@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from functools import partial
 import os
 import sys
 import time
@@ -29,7 +30,7 @@ from tqdm import tqdm
 import sim
 from datasets.offline import DemoFile
 from datasets.replay import SAMPLING_MODES, Batch, ReplayBuffer, input_image_size, sample_offline_online
-from datasets.episode import Episode, EpisodeRecorder
+from datasets.episode import Episode
 from datasets.returns import RewardConfig
 from perception.encoders import EncoderConfig
 from policy.agent import ONLINE_SETTINGS, Agent, AlgoConfig, loaded_obs_keys
@@ -40,7 +41,7 @@ from policy.evaluation import calibration_batch
 from policy.logger import MetricWindow
 from policy.run import PROJECT_ROOT, check_command_line, run_workspace
 from policy.session import RunSession
-from sim.rollout import play_episode
+from sim.rollout import EpisodeCollector, play_episode
 
 log = logging.getLogger(__name__)
 
@@ -317,28 +318,37 @@ class Workspace:
         are dropped)."""
         cfg = self.cfg
         envs = sim.make_vector_env(self.env_name, cfg.num_envs, fault_tolerant=True, autoreset_mode="SameStep", **self.env_kwargs)
-        episodes = [EpisodeRecorder(self.obs_keys) for _ in range(cfg.num_envs)]
-        collecting = np.ones(cfg.num_envs, bool)  # False: the env waits for a checkpoint
+        collector = EpisodeCollector(envs, self.obs_keys)
+        explore = partial(self.agent.act, deterministic=False)
         next_eval = (self.env_steps // cfg.eval_every + 1) * cfg.eval_every
         next_checkpoint = (self.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
         checkpoint_due, last_eval = False, {}
         self.bar = self.session.progress(cfg.env_steps, self.env_steps, f"finetune {self.algo}")
+        sim_seconds_before = self.sim_seconds
         try:
-            obs = self._start_episodes(envs)
+            collector.start(self._episode_seeds())
             if cfg.eval_at_start and self.env_steps == 0 and not loop_only:
                 # the starting point of the curve, measured exactly like every later point
                 self._log_evaluation(self.evaluate(before_training=True))
             while self.env_steps < cfg.env_steps:
-                obs = self._collect_step(envs, obs, episodes, collecting, checkpoint_due)
+                kept, finished = collector.step(explore, pause=checkpoint_due)
+                self.sim_seconds = sim_seconds_before + collector.sim_seconds
+                # counted before the episodes this step ends are stored and logged: a checkpoint
+                # at env step E holds exactly the episodes logged at steps <= E
+                self.env_steps += kept
+                self.bar.update(kept)
+                for episode in finished:
+                    self.updates_due += self._store(episode)
                 self._update()
                 if not loop_only and (self.env_steps >= next_eval or self.env_steps >= cfg.env_steps):
                     next_eval += cfg.eval_every
                     last_eval = self._log_evaluation(self.evaluate())
                 checkpoint_due = not loop_only and (checkpoint_due or self.env_steps >= next_checkpoint)
-                if checkpoint_due and not collecting.any():
+                if checkpoint_due and collector.idle:
                     next_checkpoint = (self.env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
                     self.save()
-                    obs, checkpoint_due, collecting[:] = self._start_episodes(envs), False, True
+                    collector.start(self._episode_seeds())
+                    checkpoint_due = False
             if not loop_only:
                 self.save()
         finally:
@@ -350,38 +360,9 @@ class Workspace:
         return {**last_eval, "sim_seconds": self.sim_seconds, "learn_seconds": self.learn_seconds,
                 "wall_seconds": self.session.clock.seconds()}
 
-    def _start_episodes(self, envs) -> dict[str, np.ndarray]:
-        """Every env at the start of a new episode, seeded from the run's generator."""
-        obs, _ = envs.reset(seed=[int(seed) for seed in self.session.rng.integers(2**31, size=self.cfg.num_envs)])
-        return obs
-
-    def _collect_step(self, envs, obs: dict[str, np.ndarray], episodes: list[EpisodeRecorder], collecting: np.ndarray,
-                      checkpoint_due: bool) -> dict[str, np.ndarray]:
-        """One step of every env with the exploring policy; the steps of collecting envs go into
-        their episodes, and a finished episode into the online buffer (an env whose episode ends
-        while a checkpoint is due stops collecting). Returns the next observations."""
-        keys = self.obs_keys
-        actions = self.agent.act({k: obs[k] for k in keys}, deterministic=False)
-        start = time.perf_counter()
-        next_obs, rewards, terminated, truncated, info = envs.step(actions)
-        self.sim_seconds += time.perf_counter() - start
-        # counted before the episodes that this step ends are logged: a checkpoint at env step
-        # E holds exactly the episodes logged at steps <= E
-        kept = int(collecting.sum())
-        self.env_steps += kept
-        self.bar.update(kept)
-        done = terminated | truncated
-        for i in np.flatnonzero(collecting):
-            # with same-step autoreset a finished env already shows its reset observation
-            following = info["final_obs"][i] if done[i] else {k: next_obs[k][i] for k in keys}
-            episodes[i].add({k: obs[k][i] for k in keys}, actions[i], rewards[i], bool(terminated[i]), following)
-            if done[i]:
-                final_info = info["final_info"]
-                fault = bool(final_info.get("sim_fault", np.zeros(len(done), bool))[i])
-                self.updates_due += self._finish_episode(
-                    episodes[i].finish({"success": bool(final_info["is_success"][i]), "sim_fault": fault}))
-                collecting[i] = not checkpoint_due
-        return next_obs
+    def _episode_seeds(self) -> list[int]:
+        """Seeds of a new episode in every env, drawn from the run's generator."""
+        return [int(seed) for seed in self.session.rng.integers(2**31, size=self.cfg.num_envs)]
 
     def _update(self) -> None:
         """The gradient updates the finished episodes have earned, logged every ``log_every``."""
@@ -415,7 +396,7 @@ class Workspace:
             tqdm.write(f"env step {self.env_steps} (before fine-tuning): success {metrics['success_rate']:.2f}")
         return metrics
 
-    def _finish_episode(self, episode: Episode) -> float:
+    def _store(self, episode: Episode) -> float:
         """MC returns, then into the online buffer; returns the gradient updates it earns."""
         self.online.add_episode(episode.obs, episode.next_obs, **episode.transitions(self.agent.config.gamma, self.reward))
         fault = episode.attrs["sim_fault"]

@@ -204,8 +204,8 @@ def test_online_episodes_get_mc_returns(trained, tmp_path):
         def episode(rewards: list[float], terminals: list[bool], attrs: dict) -> Episode:
             return Episode(stacked, stacked, np.zeros((3, 4), np.float32), np.array(rewards, np.float32), np.array(terminals), attrs=attrs)
 
-        assert workspace._finish_episode(episode([0.0, 0.0, 1.0], [False, False, True], {"success": True, "sim_fault": False})) == 3
-        workspace._finish_episode(episode([0.0] * 3, [False] * 3, {"success": False, "sim_fault": True}))
+        assert workspace._store(episode([0.0, 0.0, 1.0], [False, False, True], {"success": True, "sim_fault": False})) == 3
+        workspace._store(episode([0.0] * 3, [False] * 3, {"success": False, "sim_fault": True}))
         gamma = workspace.agent.config.gamma
         bias = pretrained.bias
         expected = np.concatenate([episode_rewards_and_returns(np.array([0, 0, 1.0]), np.array([0, 0, 1]), gamma, pretrained)[1],
