@@ -24,14 +24,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from datasets.atomic import write_bytes_atomically
-from datasets.command_line import check_overrides, remove_empty_run_dir
+from datasets.command_line import check_overrides
 from datasets.offline import load_replay
 from datasets.replay import input_image_size
 from datasets.returns import RewardConfig
 from policy.checkpoint import load_checkpoint, restore_agent
 from policy.evaluation import calibration_metrics
+from policy.run import PROJECT_ROOT, exit_on_error
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -75,12 +75,7 @@ def checkpoint_calibration(config: CalibrationConfig) -> dict[str, float | str |
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "configs"), config_name="calibration")
 def main(cfg) -> None:
     config: CalibrationConfig = OmegaConf.to_object(cfg)
-    try:
-        figures = checkpoint_calibration(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        remove_empty_run_dir(Path(HydraConfig.get().runtime.output_dir))
-        sys.exit(2)
+    figures = exit_on_error(lambda: checkpoint_calibration(config), Path(HydraConfig.get().runtime.output_dir))
     for key, value in figures.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     if config.out:

@@ -25,13 +25,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from datasets.atomic import write_bytes_atomically
-from datasets.command_line import check_overrides, remove_empty_run_dir
+from datasets.command_line import check_overrides
 from policy.checkpoint import load_checkpoint, restore_agent
 from policy.evaluation import Evaluator
 from policy.export import SUFFIXES, read_metadata
 from policy.results import wilson_interval
+from policy.run import PROJECT_ROOT, exit_on_error
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
@@ -123,12 +123,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "configs"), config_name="evaluate")
 def main(cfg) -> None:
     config: EvaluateConfig = OmegaConf.to_object(cfg)
-    try:
-        figures = evaluate(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        remove_empty_run_dir(Path(HydraConfig.get().runtime.output_dir))
-        sys.exit(2)
+    figures = exit_on_error(lambda: evaluate(config), Path(HydraConfig.get().runtime.output_dir))
     low, high = figures["success_interval"]
     print(f"{figures['policy']} of {figures['file']}: success {figures['success_rate']:.3f} [{low:.3f}, {high:.3f}] "
           f"over {figures['episodes']} episodes (env seeds {figures['env_seeds'][0]}-{figures['env_seeds'][1]}), "

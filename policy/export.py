@@ -40,8 +40,8 @@ from datasets.atomic import atomic_path, write_bytes_atomically
 from datasets.command_line import check_overrides, remove_empty_run_dir
 from datasets.replay import is_image
 from policy.checkpoint import Checkpoint, load_checkpoint, restore_agent
+from policy.run import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("torchscript", "torch_export", "onnx")
 SUFFIXES = {"torchscript": ".pt", "torch_export": ".pt2", "onnx": ".onnx"}
 EXPORT_MAX_BATCH = 4096  # the .pt2 program's batch dimension is dynamic up to this size
