@@ -10,10 +10,12 @@ import numpy as np
 import torch
 
 import sim
+from datasets.episode import Episode
 from datasets.offline import DemoFile
 from datasets.replay import Batch, ReplayBuffer
 from datasets.returns import RewardConfig
 from policy.agent import Agent
+from sim.rollout import EpisodeCollector
 
 log = logging.getLogger(__name__)
 
@@ -76,32 +78,26 @@ class Evaluator:
         self.env_kwargs = env_kwargs
         self.workers = workers
         self.seed = seed
-        self._envs = None
+        self._collector: EpisodeCollector | None = None
 
     def run(self, policy: Callable[[dict[str, np.ndarray]], np.ndarray], episodes: int,
             per_episode: bool = False) -> dict[str, Any]:
         """Success rate, mean return and mean length over ``episodes`` seeded episodes (and with
         ``per_episode`` each episode's success, in seed order, as ``successes``)."""
-        if self._envs is None:
-            self._envs = sim.make_vector_env(self.env_name, self.workers, **self.env_kwargs)
+        if self._collector is None:
+            envs = sim.make_vector_env(self.env_name, self.workers, autoreset_mode="SameStep", **self.env_kwargs)
+            self._collector = EpisodeCollector(envs, keys=[])  # outcomes only: no observations kept
         successes, returns, lengths = [], [], []
         for first in range(0, episodes, self.workers):
             count = min(self.workers, episodes - first)
-            seeds = [self.seed + first + i for i in range(self.workers)]
-            obs, _ = self._envs.reset(seed=seeds)
-            active = np.arange(self.workers) < count
-            episode_return = np.zeros(self.workers)
-            episode_length = np.zeros(self.workers, dtype=int)
-            success = np.zeros(self.workers, dtype=bool)
-            while active.any():
-                obs, reward, terminated, truncated, info = self._envs.step(policy(obs))
-                episode_return += reward * active
-                episode_length += active
-                success |= active & np.asarray(info.get("is_success", np.zeros(self.workers, bool)), dtype=bool)
-                active &= ~(terminated | truncated)
-            successes += list(success[:count])
-            returns += list(episode_return[:count])
-            lengths += list(episode_length[:count])
+            self._collector.start([self.seed + first + i for i in range(self.workers)], count)
+            ended: list[Episode] = []
+            while not self._collector.idle:
+                ended += self._collector.step(policy, pause=True)[1]
+            for episode in sorted(ended, key=lambda episode: episode.attrs["env"]):
+                successes.append(episode.attrs["success"])
+                returns.append(float(episode.rewards.sum()))
+                lengths.append(len(episode))
         metrics: dict[str, Any] = {
             "success_rate": float(np.mean(successes)),
             "return": float(np.mean(returns)),
@@ -112,6 +108,6 @@ class Evaluator:
         return metrics
 
     def close(self) -> None:
-        if self._envs is not None:
-            self._envs.close()
-            self._envs = None
+        if self._collector is not None:
+            self._collector.envs.close()
+            self._collector = None

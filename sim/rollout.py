@@ -55,19 +55,21 @@ class EpisodeCollector:
     def idle(self) -> bool:
         return not self.collecting.any()
 
-    def start(self, seeds: list[int]) -> None:
-        """A new episode in every env, from these seeds (episodes in progress are dropped)."""
+    def start(self, seeds: list[int], count: int | None = None) -> None:
+        """A new episode in every env, from these seeds (episodes in progress are dropped); with
+        ``count``, only the first ``count`` envs collect (the others idle until the next start)."""
         self.obs, _ = self.envs.reset(seed=seeds)
         self.recorders = [EpisodeRecorder(self.keys) for _ in self.recorders]
-        self.collecting[:] = True
+        self.collecting[:] = np.arange(len(self.collecting)) < (len(self.collecting) if count is None else count)
 
     def step(self, act: Callable[[dict[str, np.ndarray]], np.ndarray], pause: bool = False) -> tuple[int, list[Episode]]:
-        """One step of every env with ``act`` (batched observations to batched actions). Returns
-        the steps kept (those of collecting envs) and the episodes this step finished
-        (``attrs``: ``success``, ``sim_fault``); with ``pause`` an env whose episode ends stops
-        collecting."""
+        """One step of every env with ``act`` (the envs' batched observations, every key, to
+        batched actions). Returns
+        the steps kept (those of collecting envs) and the episodes this step finished, in env
+        order (``attrs``: ``success``, ``sim_fault``, ``env``: the env's index); with ``pause`` an
+        env whose episode ends stops collecting."""
         keys, obs = self.keys, self.obs
-        actions = act({k: obs[k] for k in keys})
+        actions = act(obs)
         start = time.perf_counter()
         next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
         self.sim_seconds += time.perf_counter() - start
@@ -81,7 +83,8 @@ class EpisodeCollector:
             if done[i]:
                 final_info = info["final_info"]
                 fault = bool(final_info.get("sim_fault", np.zeros(len(done), bool))[i])
-                finished.append(self.recorders[i].finish({"success": bool(final_info["is_success"][i]), "sim_fault": fault}))
+                finished.append(self.recorders[i].finish({"success": bool(final_info["is_success"][i]), "sim_fault": fault,
+                                                          "env": int(i)}))
                 self.collecting[i] = not pause
         self.obs = next_obs
         return kept, finished

@@ -32,7 +32,7 @@ def test_a_pause_lets_every_env_finish_its_episode_then_idle():
         assert (kept, finished) == (2, [])
         kept, finished = collector.step(_still, pause=True)  # both episodes end at their time limit
         assert kept == 2 and [len(e) for e in finished] == [3, 3] and collector.idle
-        assert all(e.attrs == {"success": False, "sim_fault": False} for e in finished)
+        assert [e.attrs for e in finished] == [{"success": False, "sim_fault": False, "env": i} for i in (0, 1)]
         assert set(finished[0].obs) == {"robot0_eef_pos", "agentview_image"}
         kept, finished = collector.step(_still, pause=True)
         assert (kept, finished) == (0, [])  # idle envs' steps are not kept
