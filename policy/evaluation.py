@@ -80,24 +80,32 @@ class Evaluator:
         self.seed = seed
         self._collector: EpisodeCollector | None = None
 
-    def run(self, policy: Callable[[dict[str, np.ndarray]], np.ndarray], episodes: int,
-            per_episode: bool = False) -> dict[str, Any]:
-        """Success rate, mean return and mean length over ``episodes`` seeded episodes (and with
-        ``per_episode`` each episode's success, in seed order, as ``successes``)."""
+    def episodes(self, policy: Callable[[dict[str, np.ndarray]], np.ndarray], episodes: int,
+                 keys: list[str] | None = None) -> list[Episode]:
+        """``episodes`` seeded episodes of ``policy``, in seed order, recording the observations
+        ``keys`` (none by default: outcomes only)."""
         if self._collector is None:
             envs = sim.make_vector_env(self.env_name, self.workers, autoreset_mode="SameStep", **self.env_kwargs)
-            self._collector = EpisodeCollector(envs, keys=[])  # outcomes only: no observations kept
-        successes, returns, lengths = [], [], []
+            self._collector = EpisodeCollector(envs, keys=[])
+        self._collector.keys = list(keys or [])
+        played: list[Episode] = []
         for first in range(0, episodes, self.workers):
             count = min(self.workers, episodes - first)
             self._collector.start([self.seed + first + i for i in range(self.workers)], count)
             ended: list[Episode] = []
             while not self._collector.idle:
                 ended += self._collector.step(policy, pause=True)[1]
-            for episode in sorted(ended, key=lambda episode: episode.attrs["env"]):
-                successes.append(episode.attrs["success"])
-                returns.append(float(episode.rewards.sum()))
-                lengths.append(len(episode))
+            played += sorted(ended, key=lambda episode: episode.attrs["env"])
+        return played
+
+    def run(self, policy: Callable[[dict[str, np.ndarray]], np.ndarray], episodes: int,
+            per_episode: bool = False) -> dict[str, Any]:
+        """Success rate, mean return and mean length over ``episodes`` seeded episodes (and with
+        ``per_episode`` each episode's success, in seed order, as ``successes``)."""
+        played = self.episodes(policy, episodes)
+        successes = [episode.attrs["success"] for episode in played]
+        returns = [float(episode.rewards.sum()) for episode in played]
+        lengths = [len(episode) for episode in played]
         metrics: dict[str, Any] = {
             "success_rate": float(np.mean(successes)),
             "return": float(np.mean(returns)),

@@ -43,7 +43,8 @@ class EpisodeCollector:
     and ``start`` begins new episodes in all of them."""
 
     def __init__(self, envs: gym.vector.VectorEnv, keys: list[str]) -> None:
-        """``envs``: a vector env with same-step autoreset; ``keys``: the observations recorded."""
+        """``envs``: a vector env with same-step autoreset; ``keys``: the observations recorded
+        (a new list applies from the next ``start``)."""
         self.envs = envs
         self.keys = keys
         self.recorders = [EpisodeRecorder(keys) for _ in range(envs.num_envs)]

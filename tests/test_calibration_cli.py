@@ -66,3 +66,15 @@ def test_cli_prints_and_writes_the_figures(trained, small_dataset, tmp_path):
 def test_cli_bad_input_is_one_line(trained, small_dataset, args, message):
     result = _calibration(f"checkpoint={trained}", f"dataset_file={small_dataset}", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_rollouts_score_the_critic_against_the_policy_s_own_returns(trained, small_dataset):
+    checkpoint = load_checkpoint(trained)
+    figures = checkpoint_calibration(CalibrationConfig(checkpoint=str(trained), dataset_file=str(small_dataset), filter_key=None,
+                                                       states=16, rollout_episodes=2, workers=1))
+    assert figures["rollout_success_rate"] == 0.0  # a policy of three updates never succeeds
+    # so every visited state's return is the failure value, over two full-length episodes
+    reward, gamma = checkpoint.config["dataset"]["reward"], figures["gamma"]
+    assert figures["rollout_mc_return"] == pytest.approx(reward["bias"] / (1 - gamma), rel=1e-5)
+    assert figures["rollout_states"] == 2 * 45
+    assert figures["rollout_q_policy_minus_mc"] == pytest.approx(figures["rollout_q_policy"] - figures["rollout_mc_return"], abs=1e-3)
