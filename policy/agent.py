@@ -223,6 +223,10 @@ class Agent(nn.Module):
         except ValueError:
             setattr(self.config, name, before)
             raise
+        if name == "policy_average_tau" and value == 0:
+            # no average from here on: the trained weights are evaluated and exported, not an
+            # earlier stage's average frozen where that stage left it
+            self.policy_average = None
 
     # ----------------------------------------------------------------------------- acting
     @property

@@ -254,3 +254,18 @@ def test_policy_average_is_saved_and_restored_and_absent_without_tau():
     np.testing.assert_allclose(fresh.act(batch.obs), plain.act(batch.obs), atol=1e-6)
     with pytest.raises(ValueError, match="policy_average_tau"):
         _agent(CalQLConfig(policy_average_tau=1.5), batch)
+
+
+def test_turning_the_average_off_evaluates_the_trained_weights():
+    # fine-tuning with algo.policy_average_tau=0 from a checkpoint whose pretraining kept an average
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    batch = _batch(rng)
+    agent = _agent(CalQLConfig(hidden_dim=16, cql_num_actions=2, backup_num_actions=2, policy_average_tau=0.1), batch)
+    agent.update(batch)
+    assert not np.allclose(agent.act(batch.obs), agent.act(batch.obs, trained=True))
+    agent.change_setting("policy_average_tau", 0)
+    assert agent.policy_average is None and "policy_average.actor" not in str(list(agent.training_state()["model"]))
+    agent.update(batch)  # the evaluated policy keeps following training
+    np.testing.assert_allclose(agent.act(batch.obs), agent.act(batch.obs, trained=True), atol=0)
+    assert agent.evaluated_policy() == (agent.policy_encoder, agent.actor)
