@@ -5,9 +5,15 @@ import os
 # several times slower than a one-thread one.
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before anything imports torch
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 import sim  # noqa: E402,F401  (importing it chooses the rendering backend before MuJoCo loads)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -55,3 +61,14 @@ def tiny_checkpoint(updates: int, weights: "torch.Tensor") -> "Checkpoint":  # n
                       env={"name": "pickplace", "kwargs": {}}, dataset=None,
                       agent={"model": {"weights": weights}, "optimizers": {}, "num_updates": 0},
                       updates=updates, env_steps=0, wall_seconds=0.0, rng={})
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(trained, tmp_path_factory) -> Path:
+    """The test checkpoint exported: policy.onnx and policy.pt beside it."""
+    out = tmp_path_factory.mktemp("export_onnx") / "policy.onnx"
+    result = subprocess.run([sys.executable, "-m", "policy.export", f"checkpoint={trained}", f"out={out}", "format=onnx"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote onnx: {out}" in result.stdout and f"wrote torchscript: {out.with_suffix('.pt')}" in result.stdout
+    return out

@@ -13,23 +13,13 @@ from policy.results import wilson_interval
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def exported_pair(trained, tmp_path_factory) -> Path:
-    """policy.pt and policy.onnx of the test checkpoint."""
-    out = tmp_path_factory.mktemp("evaluate") / "policy.onnx"
-    result = subprocess.run([sys.executable, "-m", "policy.export", f"checkpoint={trained}", f"out={out}", "format=onnx"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
 def _evaluate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "policy.evaluate", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_scores_the_exported_file_as_its_checkpoint(trained, exported_pair, tmp_path):
+def test_cli_scores_the_exported_file_as_its_checkpoint(trained, exported_onnx, tmp_path):
     out = tmp_path / "scores.json"
-    result = _evaluate(f"policy={exported_pair.with_suffix('.pt')}", "episodes=3", "seed=777", "workers=1", f"out={out}")
+    result = _evaluate(f"policy={exported_onnx.with_suffix('.pt')}", "episodes=3", "seed=777", "workers=1", f"out={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["policy"] == "exported policy" and figures["env_seeds"] == [777, 779] and len(figures["successes"]) == 3
@@ -41,7 +31,7 @@ def test_cli_scores_the_exported_file_as_its_checkpoint(trained, exported_pair, 
 
     # the same episodes through the eager checkpoint and the ONNX model: the same outcomes and returns
     eager = evaluate(EvaluateConfig(checkpoint=str(trained), episodes=3, seed=777, workers=1))
-    onnx = evaluate(EvaluateConfig(policy=str(exported_pair), episodes=3, seed=777, workers=1))
+    onnx = evaluate(EvaluateConfig(policy=str(exported_onnx), episodes=3, seed=777, workers=1))
     assert eager["policy"] == "trained weights"  # the test checkpoint has no policy average
     for other in (eager, onnx):
         assert other["successes"] == figures["successes"]
@@ -59,13 +49,13 @@ def test_cli_refuses_bad_requests_in_one_line(args, message):
     assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
-def test_refusals_that_need_a_file(trained, exported_pair, tmp_path):
+def test_refusals_that_need_a_file(trained, exported_onnx, tmp_path):
     with pytest.raises(ValueError, match="trained=true needs checkpoint="):
-        evaluate(EvaluateConfig(policy=str(exported_pair.with_suffix(".pt")), trained=True))
+        evaluate(EvaluateConfig(policy=str(exported_onnx.with_suffix(".pt")), trained=True))
     with pytest.raises(ValueError, match="has no policy average"):
         evaluate(EvaluateConfig(checkpoint=str(trained), trained=True))
     with pytest.raises(ValueError, match="is an exported policy"):
-        evaluate(EvaluateConfig(checkpoint=str(exported_pair.with_suffix(".pt"))))
+        evaluate(EvaluateConfig(checkpoint=str(exported_onnx.with_suffix(".pt"))))
     not_a_policy = tmp_path / "notes.pt"
     not_a_policy.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a policy written by python -m policy.export"):

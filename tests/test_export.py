@@ -27,16 +27,6 @@ def exported(trained, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def exported_onnx(trained, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("export_onnx") / "policy.onnx"
-    result = subprocess.run([sys.executable, "-m", "policy.export", f"checkpoint={trained}", f"out={out}", "format=onnx"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"wrote onnx: {out}" in result.stdout and f"wrote torchscript: {out.with_suffix('.pt')}" in result.stdout
-    return out
-
-
 def _inputs(policy, obs: dict, rows=slice(None)) -> list[torch.Tensor]:
     return [torch.from_numpy(np.ascontiguousarray(obs[k][rows])) for k in policy.obs_keys()]
 
