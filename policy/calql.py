@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -278,11 +278,27 @@ class CQLAgent(SACAgent):
         if config.cql_lagrange:
             self.optimizers["cql_alpha"] = self.adam([self.log_cql_alpha], lr=config.critic_lr)
 
+    @classmethod
+    def check_settings(cls, config: CQLConfig) -> None:
+        super().check_settings(config)
+        if not config.cql_alpha >= 0:
+            raise ValueError(f"algo.cql_alpha must be >= 0, got {config.cql_alpha}")
+
+    def change_setting(self, name: str, value: Any) -> None:
+        if name == "cql_alpha" and self.config.cql_lagrange:
+            raise ValueError("algo.cql_alpha cannot change online for a checkpoint trained with algo.cql_lagrange=true: "
+                             "its alpha is learned (it starts from cql_alpha only once); drop algo.cql_alpha")
+        super().change_setting(name, value)
+
     def critic_loss(self, batch: Batch, features: torch.Tensor, actor_features: torch.Tensor, next_policy: Policy,
                     td_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Metrics]:
         """TD loss plus alpha times the (calibrated) CQL gap, over the data's action and n random,
-        n current-policy and n next-policy actions, all scored at s in one critic call."""
+        n current-policy and n next-policy actions, all scored at s in one critic call. With
+        alpha 0 (no Lagrange) the penalty is zero: SAC's TD loss alone, without the sampled
+        actions' cost."""
         cfg, n = self.config, self.config.cql_num_actions
+        if cfg.cql_alpha == 0 and not cfg.cql_lagrange:
+            return super().critic_loss(batch, features, actor_features, next_policy, td_target)
         with torch.no_grad():
             random_actions = torch.empty(len(batch), n, self.action_dim, device=self.device).uniform_(-1.0, 1.0)
             current_actions, logp_current = sample_tanh_gaussian(*self.actor(actor_features.detach()), n)

@@ -116,8 +116,8 @@ class FinetuneConfig(RunConfig):
     checkpoint: Optional[str] = None  # pretrained checkpoint; null: train `algo` from scratch
     # From scratch: the algorithm (algo=NAME; SAC when not given) and its settings. With a
     # checkpoint, which brings its algorithm: only its online settings (ONLINE_SETTINGS:
-    # algo.policy_average_tau, algo.actor_lr, algo.actor_bc_weight, algo.actor_bc_source; null
-    # keeps the checkpoint's value). configs/finetune.yaml sets algo.policy_average_tau=0.001:
+    # algo.policy_average_tau, algo.actor_lr, algo.actor_bc_weight, algo.actor_bc_source,
+    # algo.cql_alpha; null keeps the checkpoint's value). configs/finetune.yaml sets algo.policy_average_tau=0.001:
     # a moving average of the policy is evaluated and exported (about the last 1/tau updates;
     # a new one starts from the pretrained policy; 0 turns it off), what keeps image
     # fine-tuning with sampling=uniform from unlearning (docs/results/finetune_average).
@@ -137,6 +137,9 @@ class FinetuneConfig(RunConfig):
     env_steps: int = 10000
     num_envs: int = 0  # parallel sim workers collecting episodes; 0: one per CPU core but one, at least 2
     utd: float = 1.0  # gradient updates per env step, applied when an episode ends
+    # WSRL's warm-up: the episodes of the first warmup_env_steps env steps are collected by the
+    # pretrained policy and enter the online buffer, but earn no updates (0: updates from the start).
+    warmup_env_steps: int = 0
     # mixed: mixing_ratio per batch (Cal-QL's protocol); uniform: one buffer of both (AWAC's), so
     # the online share grows with the online data (docs/results/finetune_average); offline: the
     # offline-only control: episodes are collected and schedule the same updates, but every

@@ -100,6 +100,9 @@ class Workspace:
             raise ValueError(f"mixing_ratio must be in [0, 1], got {cfg.mixing_ratio}")
         if cfg.utd <= 0:
             raise ValueError(f"utd must be positive, got {cfg.utd}")
+        if not 0 <= cfg.warmup_env_steps < cfg.env_steps:
+            raise ValueError(f"warmup_env_steps must be in [0, env_steps={cfg.env_steps}), got {cfg.warmup_env_steps}: "
+                             f"the warm-up's episodes earn no updates, so it must leave env steps that do")
         if cfg.checkpoint is None:  # from scratch, the observations are dataset.obs_keys
             cfg.dataset.check()
         if cfg.freeze_encoder and cfg.checkpoint is None:
@@ -397,14 +400,15 @@ class Workspace:
         return metrics
 
     def _store(self, episode: Episode) -> float:
-        """MC returns, then into the online buffer; returns the gradient updates it earns."""
+        """MC returns, then into the online buffer; returns the gradient updates it earns (none
+        for an episode that ends within the warm-up)."""
         self.online.add_episode(episode.obs, episode.next_obs, **episode.transitions(self.agent.config.gamma, self.reward))
         fault = episode.attrs["sim_fault"]
         self.episodes += 1
         self.faults += int(fault)
         self.logger.log("episodes", self.env_steps, {"return": float(episode.rewards.sum()), "length": len(episode),
                                                      "success": float(episode.attrs["success"]), "sim_fault": float(fault)})
-        return len(episode) * self.cfg.utd
+        return len(episode) * self.cfg.utd if self.env_steps > self.cfg.warmup_env_steps else 0.0
 
     def close(self) -> None:
         self.session.close()

@@ -165,7 +165,7 @@ def test_separate_actor_encoder_is_trained_by_the_actor_only():
     np.testing.assert_allclose(clone.act(batch.obs), agent.act(batch.obs))
 
 
-@pytest.mark.parametrize("field, value", [("n_step", 0), ("actor_bc_weight", -0.1)])
+@pytest.mark.parametrize("field, value", [("n_step", 0), ("actor_bc_weight", -0.1), ("cql_alpha", -1.0)])
 def test_invalid_algo_values_are_rejected(field, value):
     config = CalQLConfig(hidden_dim=16, **{field: value})
     with pytest.raises(ValueError, match=f"algo.{field}"):
@@ -269,3 +269,24 @@ def test_turning_the_average_off_evaluates_the_trained_weights():
     agent.update(batch)  # the evaluated policy keeps following training
     np.testing.assert_allclose(agent.act(batch.obs), agent.act(batch.obs, trained=True), atol=0)
     assert agent.evaluated_policy() == (agent.policy_encoder, agent.actor)
+
+
+def test_cql_alpha_zero_online_is_the_td_loss_alone():
+    # fine-tuning with algo.cql_alpha=0 (WSRL's recipe): no penalty, and none of its sampled actions
+    torch.manual_seed(0)
+    batch = _batch(np.random.default_rng(5))
+    agent = _agent(CalQLConfig(hidden_dim=16, cql_num_actions=2, backup_num_actions=2, cql_alpha=10.0), batch)
+    penalized = agent.update(batch)
+    assert float(penalized["cql_loss"]) != 0.0 and "bound_rate" in penalized
+    agent.change_setting("cql_alpha", 0)
+    assert agent.config.cql_alpha == 0.0
+    metrics = agent.update(batch)
+    assert metrics["cql_loss"] == 0.0 and "bound_rate" not in metrics
+    # two heads: the critic's loss is the sum of their TD losses, nothing else
+    assert float(metrics["critic_loss"]) == pytest.approx(2 * float(metrics["td_loss"]))
+    with pytest.raises(ValueError, match="algo.cql_alpha must be >= 0"):
+        agent.change_setting("cql_alpha", -1.0)
+    assert agent.config.cql_alpha == 0.0
+    lagrange = _agent(CalQLConfig(hidden_dim=16, cql_num_actions=2, backup_num_actions=2, cql_lagrange=True), batch)
+    with pytest.raises(ValueError, match="algo.cql_alpha cannot change online for a checkpoint trained with algo.cql_lagrange"):
+        lagrange.change_setting("cql_alpha", 0)
