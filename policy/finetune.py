@@ -84,7 +84,6 @@ class Workspace:
             self._restore(resumed)
         self.session.open_outputs(cfg, self.env_name, self.env_kwargs, cfg.eval_workers, cfg.eval_seed,
                                   resume_steps={"train": self.updates, "eval": self.env_steps, "episodes": self.env_steps})
-        self.logger = self.session.logger
 
     @staticmethod
     def _check_settings(cfg: FinetuneConfig) -> None:
@@ -383,13 +382,13 @@ class Workspace:
                 averaged.update(env_steps=self.env_steps, episodes=self.episodes, sim_faults=self.faults,
                                 sim_seconds=self.sim_seconds,
                                 learn_seconds=self.learn_seconds + time.perf_counter() - start)
-                self.logger.log("train", self.updates, averaged)
+                self.session.logger.log("train", self.updates, averaged)
         # the next actions come from these weights: they must be finite
         self.agent.raise_if_nonfinite()
         self.learn_seconds += time.perf_counter() - start
 
     def _log_evaluation(self, metrics: dict[str, float]) -> dict[str, float]:
-        self.logger.log("eval", self.env_steps, {**metrics, "updates": self.updates, "sim_faults": self.faults,
+        self.session.logger.log("eval", self.env_steps, {**metrics, "updates": self.updates, "sim_faults": self.faults,
                                                  "wall_seconds": self.session.clock.seconds()})
         if "cumulative_regret" in metrics:
             self.bar.set_postfix(success=f"{metrics['success_rate']:.2f}", regret=f"{metrics['cumulative_regret']:.2f}")
@@ -406,7 +405,7 @@ class Workspace:
         fault = episode.attrs["sim_fault"]
         self.episodes += 1
         self.faults += int(fault)
-        self.logger.log("episodes", self.env_steps, {"return": float(episode.rewards.sum()), "length": len(episode),
+        self.session.logger.log("episodes", self.env_steps, {"return": float(episode.rewards.sum()), "length": len(episode),
                                                      "success": float(episode.attrs["success"]), "sim_fault": float(fault)})
         return len(episode) * self.cfg.utd if self.env_steps > self.cfg.warmup_env_steps else 0.0
 

@@ -63,12 +63,18 @@ def tiny_checkpoint(updates: int, weights: "torch.Tensor") -> "Checkpoint":  # n
                       updates=updates, env_steps=0, wall_seconds=0.0, rng={})
 
 
+def export_checkpoint(checkpoint: Path, out: Path, export_format: str) -> str:
+    """``python -m policy.export`` of ``checkpoint`` to ``out``; its stdout (the files it wrote)."""
+    result = subprocess.run([sys.executable, "-m", "policy.export", f"checkpoint={checkpoint}", f"out={out}",
+                             f"format={export_format}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 @pytest.fixture(scope="session")
 def exported_onnx(trained, tmp_path_factory) -> Path:
     """The test checkpoint exported: policy.onnx and policy.pt beside it."""
     out = tmp_path_factory.mktemp("export_onnx") / "policy.onnx"
-    result = subprocess.run([sys.executable, "-m", "policy.export", f"checkpoint={trained}", f"out={out}", "format=onnx"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"wrote onnx: {out}" in result.stdout and f"wrote torchscript: {out.with_suffix('.pt')}" in result.stdout
+    written = export_checkpoint(trained, out, "onnx")
+    assert f"wrote onnx: {out}" in written and f"wrote torchscript: {out.with_suffix('.pt')}" in written
     return out

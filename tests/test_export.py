@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import sim
+from conftest import export_checkpoint
 from policy.checkpoint import load_checkpoint, restore_agent
 from policy.export import export_policy, output_paths, read_metadata
 
@@ -21,9 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "policy.pt"
-    result = subprocess.run([sys.executable, "-m", "policy.export", f"checkpoint={trained}", f"out={out}", "format=torch_export"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    export_checkpoint(trained, out, "torch_export")
     return out
 
 
