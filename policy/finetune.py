@@ -407,7 +407,8 @@ class Workspace:
         self.faults += int(fault)
         self.session.logger.log("episodes", self.env_steps, {"return": float(episode.rewards.sum()), "length": len(episode),
                                                      "success": float(episode.attrs["success"]), "sim_fault": float(fault)})
-        return len(episode) * self.cfg.utd if self.env_steps > self.cfg.warmup_env_steps else 0.0
+        in_warmup = self.cfg.warmup_env_steps > 0 and self.env_steps <= self.cfg.warmup_env_steps
+        return 0.0 if in_warmup else len(episode) * self.cfg.utd
 
     def close(self) -> None:
         self.session.close()
