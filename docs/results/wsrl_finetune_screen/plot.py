@@ -14,7 +14,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RUNS = {"wsrl": "online data only, no penalty (WSRL's recipe)",
         "nopenalty_mixed": "half offline data, no penalty",
-        "penalty_mixed": "half offline data, the penalty kept (Cal-QL's protocol)",
         "control": "offline-only control (the pretraining loss)"}
 WARMUP = 1000
 
