@@ -58,7 +58,8 @@ class AlgoConfig:
 # The settings of a trained agent that fine-tuning may change (algo.NAME=VALUE beside a
 # checkpoint); the others shaped what the checkpoint's networks learned. cql_alpha=0 online
 # fine-tunes a CQL or Cal-QL checkpoint without the conservative penalty (WSRL's recipe).
-ONLINE_SETTINGS = ("policy_average_tau", "actor_lr", "actor_bc_weight", "actor_bc_source", "cql_alpha")
+ONLINE_SETTINGS = ("policy_average_tau", "actor_lr", "actor_bc_weight", "actor_bc_source", "cql_alpha", "alpha_lr",
+                   "target_entropy")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -42,7 +42,7 @@ class SACConfig(AlgoConfig):
     name: str = "sac"
     actor_lr: float = 1e-4
     critic_lr: float = 3e-4
-    alpha_lr: float = 1e-4
+    alpha_lr: float = 1e-4  # the entropy coefficient's; 0 holds it where it is
     backup_num_actions: int = 1  # max target backup over this many policy samples; 1 = plain
     entropy_backup: bool = True  # subtract alpha * logpi(a'|s') in the TD target (SAC)
     init_entropy_alpha: float = 1.0
@@ -164,7 +164,6 @@ class SACAgent(Agent):
     def __init__(self, obs_spec: ObsSpec, action_dim: int, config: SACConfig, encoder_config: EncoderConfig,
                  device: torch.device | str = "cpu") -> None:
         super().__init__(obs_spec, action_dim, config, encoder_config, device)
-        self.target_entropy = config.target_entropy if config.target_entropy is not None else -float(action_dim)
         if config.separate_actor_encoder and self.actor_encoder is None:
             self.actor_encoder = ObservationEncoder(obs_spec, encoder_config)
         self.make_critic()
@@ -185,6 +184,19 @@ class SACAgent(Agent):
             raise ValueError(f"algo.actor_bc_weight must be >= 0, got {config.actor_bc_weight}")
         if config.actor_bc_source not in BC_SOURCES:
             raise ValueError(f"algo.actor_bc_source must be one of {', '.join(BC_SOURCES)}, got {config.actor_bc_source!r}")
+        if not config.alpha_lr >= 0:
+            raise ValueError(f"algo.alpha_lr must be >= 0 (0 holds the entropy coefficient), got {config.alpha_lr}")
+
+    @property
+    def target_entropy(self) -> float:
+        """The entropy the coefficient's tuning aims at: the config's, else -action_dim."""
+        return self.config.target_entropy if self.config.target_entropy is not None else -float(self.action_dim)
+
+    def change_setting(self, name: str, value: Any) -> None:
+        super().change_setting(name, value)
+        if name == "alpha_lr":  # the optimiser keeps its moments
+            for group in self.optimizers["entropy_alpha"].param_groups:
+                group["lr"] = self.config.alpha_lr
 
     def learn(self, batch: Batch) -> Metrics:
         features, actor_features = self._encode(batch.obs)

@@ -117,10 +117,11 @@ class FinetuneConfig(RunConfig):
     # From scratch: the algorithm (algo=NAME; SAC when not given) and its settings. With a
     # checkpoint, which brings its algorithm: only its online settings (ONLINE_SETTINGS:
     # algo.policy_average_tau, algo.actor_lr, algo.actor_bc_weight, algo.actor_bc_source,
-    # algo.cql_alpha; null keeps the checkpoint's value). configs/finetune.yaml sets algo.policy_average_tau=0.001:
-    # a moving average of the policy is evaluated and exported (about the last 1/tau updates;
-    # a new one starts from the pretrained policy; 0 turns it off), what keeps image
-    # fine-tuning with sampling=uniform from unlearning (docs/results/finetune_average).
+    # algo.cql_alpha, algo.alpha_lr, algo.target_entropy; null keeps the checkpoint's value).
+    # configs/finetune.yaml sets algo.policy_average_tau=0.001: a moving average of the policy
+    # is evaluated and exported (about the last 1/tau updates; a new one starts from the
+    # pretrained policy; 0 turns it off), what keeps image fine-tuning with sampling=uniform
+    # from unlearning (docs/results/finetune_average).
     # The run's config.yaml records the algorithm and encoder actually trained.
     algo: Any = None
     encoder: Optional[EncoderConfig] = None

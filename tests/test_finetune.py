@@ -99,7 +99,8 @@ def test_offline_only_control_collects_but_never_trains_on_online_data(trained, 
 def test_wsrl_recipe_warms_up_without_updates_then_trains_online_only_without_the_penalty(trained, tmp_path):
     run_dir = tmp_path / "run"
     result = _finetune(f"checkpoint={trained}", "env_steps=200", "warmup_env_steps=100", "utd=2", "offline_data=false",
-                       "sampling=uniform", "algo.cql_alpha=0", "algo.policy_average_tau=0", "eval_every=200",
+                       "sampling=uniform", "algo.cql_alpha=0", "algo.alpha_lr=0.001", "algo.target_entropy=-8",
+                       "algo.policy_average_tau=0", "eval_every=200",
                        "checkpoint_every=200", "video=false", f"hydra.run.dir={run_dir}", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
@@ -110,8 +111,10 @@ def test_wsrl_recipe_warms_up_without_updates_then_trains_online_only_without_th
     assert 0 < after_warmup < checkpoint.stage_state["online_buffer"]["size"]
     assert checkpoint.updates == 2 * after_warmup
     assert checkpoint.algo == "calql" and checkpoint.config["algo"]["cql_alpha"] == 0.0
+    assert checkpoint.config["algo"]["alpha_lr"] == 0.001 and checkpoint.config["algo"]["target_entropy"] == -8.0
     recorded = OmegaConf.load(run_dir / "config.yaml")
     assert recorded.warmup_env_steps == 100 and recorded.algo.cql_alpha == 0.0 and recorded.offline_data is False
+    assert recorded.algo.alpha_lr == 0.001 and recorded.algo.target_entropy == -8.0
     train = _rows(run_dir / "train.csv")
     assert train and all(float(row["cql_loss"]) == 0.0 and float(row["online_share"]) == 1.0 for row in train)
 
@@ -146,8 +149,9 @@ def test_from_scratch_without_algo_is_sac_and_says_so(tmp_path):
     ("algo.actor_lr=0", "error: algo.actor_lr must be > 0, got 0"),
     ("algo.gamma=0.9", "error: algo.gamma cannot change online: the checkpoint's critic and actor were trained with it; "
                        "fine-tuning may change algo.policy_average_tau, algo.actor_lr, algo.actor_bc_weight, algo.actor_bc_source, "
-                       "algo.cql_alpha"),
+                       "algo.cql_alpha, algo.alpha_lr, algo.target_entropy"),
     ("algo.cql_alpha=-1", "error: algo.cql_alpha must be >= 0, got -1.0"),
+    ("algo.alpha_lr=-1", "error: algo.alpha_lr must be >= 0 (0 holds the entropy coefficient), got -1.0"),
     ("warmup_env_steps=50 env_steps=50", "error: warmup_env_steps must be in [0, env_steps=50), got 50"),
     ("policy_average_tau=0", "error: policy_average_tau is a setting of the algorithm: write algo.policy_average_tau=0"),
     ("freeze_encoder=true checkpoint=null", "error: freeze_encoder=true keeps a pretrained encoder fixed, but this run trains from scratch"),

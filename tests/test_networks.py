@@ -290,3 +290,30 @@ def test_cql_alpha_zero_online_is_the_td_loss_alone():
     lagrange = _agent(CalQLConfig(hidden_dim=16, cql_num_actions=2, backup_num_actions=2, cql_lagrange=True), batch)
     with pytest.raises(ValueError, match="algo.cql_alpha cannot change online for a checkpoint trained with algo.cql_lagrange"):
         lagrange.change_setting("cql_alpha", 0)
+
+
+def test_entropy_tuning_settings_change_online():
+    torch.manual_seed(0)
+    batch = _batch(np.random.default_rng(6))
+    agent = _agent(CalQLConfig(hidden_dim=16, cql_num_actions=2, backup_num_actions=2), batch)
+    assert agent.target_entropy == -4.0  # -action_dim by default
+    # a target far above any entropy a 4-d tanh-Gaussian reaches: the coefficient must grow
+    agent.change_setting("target_entropy", 100.0)
+    before = agent.log_entropy_alpha.item()
+    agent.update(batch)
+    assert agent.target_entropy == 100.0 and agent.log_entropy_alpha.item() > before
+    # far below: it must shrink, by about the new learning rate (an Adam step moves it by about lr)
+    agent.change_setting("target_entropy", -100)
+    agent.change_setting("alpha_lr", 0.01)
+    assert all(group["lr"] == 0.01 for group in agent.optimizers["entropy_alpha"].param_groups)
+    before = agent.log_entropy_alpha.item()
+    agent.update(batch)
+    assert before - 0.02 < agent.log_entropy_alpha.item() < before
+    # 0 holds the coefficient where it is
+    agent.change_setting("alpha_lr", 0)
+    before = agent.log_entropy_alpha.item()
+    agent.update(batch)
+    assert agent.log_entropy_alpha.item() == before
+    with pytest.raises(ValueError, match="algo.alpha_lr must be >= 0"):
+        agent.change_setting("alpha_lr", -1.0)
+    assert agent.config.alpha_lr == 0.0
