@@ -389,7 +389,7 @@ class Workspace:
 
     def _log_evaluation(self, metrics: dict[str, float]) -> dict[str, float]:
         self.session.logger.log("eval", self.env_steps, {**metrics, "updates": self.updates, "sim_faults": self.faults,
-                                                 "wall_seconds": self.session.clock.seconds()})
+                                                         "wall_seconds": self.session.clock.seconds()})
         if "cumulative_regret" in metrics:
             self.bar.set_postfix(success=f"{metrics['success_rate']:.2f}", regret=f"{metrics['cumulative_regret']:.2f}")
             tqdm.write(f"env step {self.env_steps}: success {metrics['success_rate']:.2f}, "
@@ -406,7 +406,7 @@ class Workspace:
         self.episodes += 1
         self.faults += int(fault)
         self.session.logger.log("episodes", self.env_steps, {"return": float(episode.rewards.sum()), "length": len(episode),
-                                                     "success": float(episode.attrs["success"]), "sim_fault": float(fault)})
+                                                             "success": float(episode.attrs["success"]), "sim_fault": float(fault)})
         in_warmup = self.cfg.warmup_env_steps > 0 and self.env_steps <= self.cfg.warmup_env_steps
         return 0.0 if in_warmup else len(episode) * self.cfg.utd
 
