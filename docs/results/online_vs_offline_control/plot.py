@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = Path(__file__).resolve().parent
 EARLIER = HERE.parent / "wsrl_finetune_screen"
 RECIPES = {"control": "offline-only control", "penalty_mixed": "Cal-QL protocol (penalty, half offline)",
-           "nopenalty_mixed_ent": "no penalty, half offline, entropy held at -6"}
+           "nopenalty_mixed_ent": "no penalty, half offline, entropy held at -6",
+           "penalty_mixed_bcoffline": "Cal-QL protocol, BC on offline rows only"}
 WARMUP = 1000
 
 
@@ -31,7 +32,7 @@ def run_files(recipe: str, budget: str) -> list[tuple[Path, Path]]:
 
 
 figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-for (recipe, label), colour in zip(RECIPES.items(), ("tab:green", "tab:blue", "tab:red")):
+for (recipe, label), colour in zip(RECIPES.items(), ("tab:green", "tab:blue", "tab:red", "tab:purple")):
     for budget, style in (("", "-"), ("_8k", "--")):
         files = run_files(recipe, budget)
         if not files:
